@@ -1,0 +1,3 @@
+from metadata_proxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The `metadata-proxy` command. Usage mistakes are one line on stderr and exit 2; start-up failures exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+
+from metadata_proxy import __version__
+from metadata_proxy.config import ConfigError, add_serve_arguments, build_serve_config
+
+USAGE_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on a mistake; a user needs the one line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="metadata-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"metadata-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    serve = commands.add_parser(
+        "serve", help="serve a role's credentials on a local IMDSv2 endpoint",
+        description="Assume a role and serve its credentials to local AWS clients through the EC2 instance "
+                    "metadata protocol (IMDSv2). Every flag can also be set as METADATA_PROXY_<FLAG>.")
+    add_serve_arguments(serve)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # botocore and urllib3 log request headers at DEBUG, session tokens included: never let them through.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            config = build_serve_config(args, os.environ)
+        except ConfigError as error:
+            parser.error(str(error))
+        setup_logging(config.log_level)
+        from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
+
+        return run_daemon(config)
+    parser.error(f"unknown command {args.command}")

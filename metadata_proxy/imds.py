@@ -1,0 +1,196 @@
+"""The EC2 instance metadata surface (IMDSv2) for one role, as clients expect it (imds-client-contract.md).
+
+Routing is an exact match on the request path after the two normalisations clients need (§2): runs of `/`
+collapse (Java sends `//latest/...`) and a trailing `/` is optional. Nothing is decoded, so `%2e%2e`, `..`
+and friends match no route and get 404, like every path not served here: nothing is ever proxied to the
+real IMDS (user-data often holds secrets; peers.md "credential path leaks").
+
+Every body but the credential documents is built once at start; the credential documents are rendered once
+per refresh (memoised on the Credentials object), so a request does one dict lookup and one cache read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from metadata_proxy.cache import CredentialCache, RoleState
+from metadata_proxy.credentials import Credentials, RoleSpec, format_time
+from metadata_proxy.tokens import TokenAuthority, parse_ttl
+
+TOKEN_PATH = "/latest/api/token"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TTL_ECHO_HEADER = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+VERSIONED_TOKEN_PATH = re.compile(r"^/[^/]+/api/token$")
+SLASHES = re.compile(r"/{2,}")
+TEXT = "text/plain"
+
+
+def normalize_path(raw_path: str) -> str:
+    """`//latest/meta-data/` -> `/latest/meta-data`; the query string is ignored."""
+    path = SLASHES.sub("/", raw_path.split("?", 1)[0])
+    return path.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """The instance-level values IMDS reports; configurable, with defaults that look like a real instance."""
+
+    instance_id: str
+    region: str
+    availability_zone: str
+    account_id: str
+    pending_time: float
+    instance_type: str = "t3.micro"
+    image_id: str = "ami-00000000000000000"
+    private_ip: str = "127.0.0.1"
+
+    def document(self) -> dict[str, object]:
+        """Field set of the instance identity document (contract §5.4)."""
+        machine = platform.machine().lower()
+        return {
+            "accountId": self.account_id,
+            "architecture": {"aarch64": "arm64", "amd64": "x86_64"}.get(machine, machine or "x86_64"),
+            "availabilityZone": self.availability_zone,
+            "billingProducts": None,
+            "devpayProductCodes": None,
+            "imageId": self.image_id,
+            "instanceId": self.instance_id,
+            "instanceType": self.instance_type,
+            "kernelId": None,
+            "marketplaceProductCodes": None,
+            "pendingTime": format_time(self.pending_time),
+            "privateIp": self.private_ip,
+            "ramdiskId": None,
+            "region": self.region,
+            "version": "2017-09-30",
+        }
+
+
+def credentials_document(creds: Credentials, *, extended: bool) -> bytes:
+    """Contract §5.1 (field order of AWS's own example) and §5.2 (plus AccountId)."""
+    doc = {
+        "Code": "Success",
+        "LastUpdated": format_time(creds.obtained_at),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "Token": creds.session_token,
+        "Expiration": format_time(creds.expiration),
+    }
+    if extended:
+        doc["AccountId"] = creds.account_id
+    return json.dumps(doc, indent=2).encode()
+
+
+def error_document(state: RoleState, now: float) -> bytes:
+    """What real IMDS answers (200, Code != Success) when it cannot assume the role (contract §5.1, §6.4)."""
+    error = state.last_error
+    if error is None:
+        code, message = "CredentialsUnavailable", "no valid credentials are cached"
+    else:
+        code = "AssumeRoleUnauthorizedAccess" if error.code == "AccessDenied" else error.code
+        message = f"metadata-proxy has no valid credentials for {state.spec.role_arn}: AssumeRole failed: {error}"
+    return json.dumps({"Code": code, "Message": message, "LastUpdated": format_time(now)}, indent=2).encode()
+
+
+def listing(*items: str) -> bytes:
+    return "\n".join(items).encode()
+
+
+class ImdsRoutes:
+    """The request handler of one IMDS listener, which serves exactly one role (as EC2 does)."""
+
+    def __init__(self, spec: RoleSpec, state: RoleState, cache: CredentialCache, tokens: TokenAuthority,
+                 identity: InstanceIdentity, *, require_token: bool, now: Callable[[], float]) -> None:
+        self._spec = spec
+        self._state = state
+        self._cache = cache
+        self._tokens = tokens
+        self._require_token = require_token
+        self._now = now
+        self._rendered: tuple[Credentials, bytes, bytes] | None = None
+        name = spec.role_name
+        creds_prefix = "/latest/meta-data/iam/security-credentials"
+        profile_arn = f"arn:aws:iam::{identity.account_id}:instance-profile/{name}"
+        iam_info = {"Code": "Success", "LastUpdated": format_time(identity.pending_time),
+                    "InstanceProfileArn": profile_arn, "InstanceProfileId": _profile_id(spec.role_arn)}
+        static = {
+            "/": listing("latest"),
+            "/latest": listing("dynamic", "meta-data"),
+            "/latest/meta-data": listing("iam/", "instance-id", "instance-type", "placement/"),
+            "/latest/meta-data/iam": listing("info", "security-credentials/"),
+            "/latest/meta-data/iam/info": json.dumps(iam_info, indent=2).encode(),
+            creds_prefix: name.encode(),
+            creds_prefix + "-extended": name.encode(),
+            "/latest/meta-data/instance-id": identity.instance_id.encode(),
+            "/latest/meta-data/instance-type": identity.instance_type.encode(),
+            "/latest/meta-data/placement": listing("availability-zone", "region"),
+            "/latest/meta-data/placement/availability-zone": identity.availability_zone.encode(),
+            "/latest/meta-data/placement/region": identity.region.encode(),
+            "/latest/dynamic": listing("instance-identity/"),
+            "/latest/dynamic/instance-identity": listing("document"),
+            "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
+        }
+        self._routes: dict[str, Callable[[], bytes]] = {path: (lambda body=body: body)
+                                                        for path, body in static.items()}
+        self._routes[f"{creds_prefix}/{name}"] = lambda: self._credentials(extended=False)
+        self._routes[f"{creds_prefix}-extended/{name}"] = lambda: self._credentials(extended=True)
+
+    def _credentials(self, *, extended: bool) -> bytes:
+        creds = self._cache.get(self._spec)
+        if creds is None:
+            return error_document(self._state, self._now())
+        if self._rendered is None or self._rendered[0] is not creds:
+            self._rendered = (creds, credentials_document(creds, extended=False),
+                              credentials_document(creds, extended=True))
+        return self._rendered[2 if extended else 1]
+
+    async def __call__(self, request: web.BaseRequest) -> web.Response:
+        path = normalize_path(request.raw_path)
+        method = request.method
+        if method == "PUT":
+            return self._put(request, path)
+        if method not in ("GET", "HEAD"):
+            return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD, PUT"})
+        if path == TOKEN_PATH:
+            return text_response(405, "Method Not Allowed", {"Allow": "PUT"})
+        # §3.2: the token is checked before the path, so without one every path is 401 in required mode.
+        token = request.headers.get(TOKEN_HEADER)
+        if (token is None and self._require_token) or (token is not None and not self._tokens.verify(token)):
+            return text_response(401, "Unauthorized")
+        route = self._routes.get(path)
+        if route is None:
+            return text_response(404, "Not Found")
+        return web.Response(body=route(), content_type=TEXT)
+
+    def _put(self, request: web.BaseRequest, path: str) -> web.Response:
+        if path != TOKEN_PATH:
+            if VERSIONED_TOKEN_PATH.match(path):  # §3.1: version-specific token paths are forbidden
+                return text_response(403, "Forbidden")
+            return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
+        if "X-Forwarded-For" in request.headers:  # §3.1: a token request that went through a proxy
+            return text_response(403, "Forbidden")
+        ttl = parse_ttl(request.headers.get(TTL_HEADER))
+        if ttl is None:
+            return text_response(400, "Bad Request: X-aws-ec2-metadata-token-ttl-seconds must be 1..21600")
+        return web.Response(text=self._tokens.issue(ttl), content_type=TEXT,
+                            headers={TTL_ECHO_HEADER: str(ttl)})
+
+
+def text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text, content_type=TEXT, headers=headers)
+
+
+def _profile_id(role_arn: str) -> str:
+    """A stable, realistic-looking InstanceProfileId (AIPA + 17 chars) derived from the role ARN."""
+    digest = base64.b32encode(hashlib.sha256(role_arn.encode()).digest()).decode()
+    return "AIPA" + digest[:17]

@@ -1,0 +1,58 @@
+"""IMDSv2 session tokens: stateless, unforgeable, and valid for exactly the TTL the client asked for.
+
+A token is base64url(expiry in ms | 16 random bytes | HMAC-SHA256 of both under a per-process key). Nothing is
+stored, so a flood of PUTs costs no memory, a restart invalidates every token (clients simply fetch another:
+they get 401 and retry, contract §4), and checking one is a length test, a decode and one HMAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import struct
+from collections.abc import Callable
+
+MAX_TTL = 21600  # six hours, IMDS's own limit (contract §3.1)
+_PAYLOAD = struct.Struct(">Q16s")
+_MAC_SIZE = 32
+TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(_PAYLOAD.size + _MAC_SIZE)).rstrip(b"="))
+
+
+def parse_ttl(value: str | None) -> int | None:
+    """The TTL header as an int in 1..21600, or None when missing or invalid (the caller answers 400)."""
+    if value is None or not value.isascii() or not value.strip().isdigit():
+        return None
+    ttl = int(value.strip())
+    return ttl if 1 <= ttl <= MAX_TTL else None
+
+
+class TokenAuthority:
+    def __init__(self, time: Callable[[], float], key: bytes | None = None) -> None:
+        self._time = time
+        self._key = key or secrets.token_bytes(32)
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def issue(self, ttl: int) -> str:
+        expires_ms = int(self._time() * 1000) + ttl * 1000
+        payload = _PAYLOAD.pack(expires_ms, secrets.token_bytes(16))
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode("ascii")
+
+    def verify(self, token: str | None) -> bool:
+        if token is None or len(token) != TOKEN_LENGTH:
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+        except (UnicodeEncodeError, binascii.Error, ValueError):
+            return False
+        if len(raw) != _PAYLOAD.size + _MAC_SIZE:
+            return False
+        payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return False
+        expires_ms, _nonce = _PAYLOAD.unpack(payload)
+        return self._time() * 1000 < expires_ms
