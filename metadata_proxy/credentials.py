@@ -145,7 +145,7 @@ def classify(error: Exception, role_arn: str) -> StsError:
         return StsError("NoSourceCredentials", "no source credentials found", transient=False, role_arn=role_arn)
     if isinstance(error, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
         return StsError("Timeout", str(error), transient=True, role_arn=role_arn)
-    if isinstance(error, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
+    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
         return StsError("ConnectionError", str(error), transient=True, role_arn=role_arn)
     # Unparsable answers (an HTML 502 from a proxy) and the like: worth another try.
     return StsError(type(error).__name__, str(error), transient=True, role_arn=role_arn)

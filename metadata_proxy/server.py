@@ -183,7 +183,7 @@ class Daemon:
             server = web.Server(guarded(routes, HostCheck(config.host)), access_log=None, **HTTP_LIMITS)
             runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
             await runner.setup()
-            await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE).start()
+            await web.SockSite(runner, sock).start()
             if not ipaddress.ip_address(config.host).is_loopback:
                 log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",
                             config.host, spec.role_name)

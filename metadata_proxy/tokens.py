@@ -23,9 +23,9 @@ TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(_PAYLOAD.size + _MAC_SIZE)).rs
 
 def parse_ttl(value: str | None) -> int | None:
     """The TTL header as an int in 1..21600, or None when missing or invalid (the caller answers 400)."""
-    if value is None or not value.isascii() or not value.strip().isdigit():
+    if value is None or not value.isascii() or not value.isdigit():
         return None
-    ttl = int(value.strip())
+    ttl = int(value)
     return ttl if 1 <= ttl <= MAX_TTL else None
 
 

@@ -1,0 +1,136 @@
+"""Shared fixtures: moto as AWS (server mode, IAM enforcement on), the fault proxy in front of it, the seed's
+two-account world, and the daemon, either as a real child process or in-process with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import moto.sts.models
+import pytest
+from moto.server import ThreadedMotoServer
+
+from metadata_proxy import seed
+from metadata_proxy.config import ServeConfig
+from metadata_proxy.server import Daemon
+from tests.support.fakeclock import FakeClock
+from tests.support.faultproxy import FaultProxy
+from tests.support.processes import DaemonProcess, daemon_env
+
+
+@dataclass(frozen=True)
+class World:
+    moto_url: str  # S3 and IAM for the clients
+    sts_url: str  # the fault proxy in front of moto, where the daemon sends AssumeRole
+    proxy: FaultProxy
+    source: seed.SourceCredentials
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test process may find real credentials, or reach the real IMDS through boto3's chain."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "METADATA_PROXY_")) or name.lower() in ("http_proxy", "https_proxy"):
+            monkeypatch.delenv(name)
+    empty = tmp_path / "empty-aws-file"
+    empty.touch()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def session_proxy(moto_url: str) -> Iterator[FaultProxy]:
+    host_port = moto_url.removeprefix("http://")
+    host, port = host_port.rsplit(":", 1)
+    proxy = FaultProxy(host, int(port)).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def session_world(moto_url: str, session_proxy: FaultProxy) -> World:
+    return World(moto_url, session_proxy.url, session_proxy, seed.build_world(moto_url))
+
+
+@pytest.fixture
+def world(session_world: World) -> Iterator[World]:
+    """The seed's world; faults and call counts start clean for every test."""
+    session_world.proxy.reset()
+    yield session_world
+    session_world.proxy.reset()
+
+
+@pytest.fixture
+def fresh_world(world: World) -> World:
+    """A rebuilt world, for tests that change IAM."""
+    return replace(world, source=seed.build_world(world.moto_url))
+
+
+@pytest.fixture
+def start_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts `metadata-proxy serve` for role-01 with role-02's credentials as its source."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, source: bool = True,
+              role_arn: str = seed.ROLE_01_ARN) -> DaemonProcess:
+        environment = daemon_env(tmp_path / "daemon-home", **(world.source.environ() if source else {}))
+        environment.update(env or {})
+        process = DaemonProcess(["serve", "--role-arn", role_arn, "--port", "0", "--region", seed.REGION,
+                                 "--sts-endpoint-url", world.sts_url, *args], environment)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The test's clock, which moto's STS follows too, so that issued Expirations move with it."""
+    fake = FakeClock()
+    monkeypatch.setattr(moto.sts.models, "utcnow",
+                        lambda: datetime.datetime.fromtimestamp(fake.now, datetime.UTC).replace(tzinfo=None))
+    return fake
+
+
+@pytest.fixture
+def in_process_daemon(world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch):
+    """Runs the Daemon on the test's event loop with the fake clock; yields it once it serves."""
+    for name, value in world.source.environ().items():
+        monkeypatch.setenv(name, value)
+
+    @contextlib.asynccontextmanager
+    async def run(**overrides) -> AsyncIterator[Daemon]:
+        config = replace(ServeConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="test-session",
+                                     region=seed.REGION, sts_endpoint_url=world.sts_url), **overrides)
+        daemon = Daemon(config, clock)
+        ready = asyncio.Event()
+        task = asyncio.create_task(daemon.run(on_ready=lambda _url: ready.set()))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # raises the start-up error
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop()
+            await task
+
+    return run

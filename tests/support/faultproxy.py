@@ -1,0 +1,155 @@
+"""An HTTP proxy in front of moto that counts STS actions and injects the failures moto cannot produce.
+
+Throttling, 5xx, connection resets, hangs and cross-account denials come from here, per action and in
+order (`fail_next`) or until cleared (`outage`). `hold` parks matching requests until the test releases
+them, which makes "a refresh is in flight" a state a test can stand in without sleeping.
+The client's Host header is forwarded unchanged, or moto's SigV4 check would fail.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+STS_ERROR = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>{kind}</Type>'
+             "<Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId>"
+             "</ErrorResponse>")
+ERRORS = {
+    "throttle": (400, "Sender", "Throttling", "Rate exceeded"),
+    "500": (500, "Receiver", "InternalFailure", "injected internal failure"),
+    "503": (503, "Receiver", "ServiceUnavailable", "injected outage"),
+    "denied": (403, "Sender", "AccessDenied",
+               "User: arn:aws:sts::111111110002:assumed-role/role-02/i-0 is not authorized to perform: "
+               "sts:AssumeRole on resource: arn:aws:iam::111111110001:role/role-01"),
+}
+FAULTS = (*ERRORS, "reset", "hang")
+
+
+class FaultProxy:
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.calls: Counter[str] = Counter()
+        self._queued: dict[str, list[str]] = {}
+        self._outage: dict[str, str] = {}
+        self._holds: dict[str, threading.Event] = {}
+        self._released = threading.Event()  # ends every hang when the proxy stops
+        self._changed = threading.Condition()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_DELETE = do_HEAD = do_POST
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._released.set()
+        for gate in self._holds.values():
+            gate.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- what tests call ---
+    def fail_next(self, action: str, *faults: str) -> None:
+        assert all(f in FAULTS for f in faults), faults
+        with self._changed:
+            self._queued.setdefault(action, []).extend(faults)
+
+    def outage(self, action: str, fault: str | None) -> None:
+        """Every matching request fails with fault until outage(action, None)."""
+        with self._changed:
+            if fault is None:
+                self._outage.pop(action, None)
+            else:
+                self._outage[action] = fault
+
+    def hold(self, action: str) -> threading.Event:
+        """Parks matching requests (after counting them) until the returned event is set."""
+        gate = threading.Event()
+        self._holds[action] = gate
+        return gate
+
+    def wait_for_calls(self, action: str, count: int, timeout: float = 60) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.calls[action] >= count, timeout)
+
+    def reset(self) -> None:
+        with self._changed:
+            self.calls.clear()
+            self._queued.clear()
+            self._outage.clear()
+        for gate in self._holds.values():
+            gate.set()
+        self._holds.clear()
+
+    # --- the proxy itself ---
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        action = (parse_qs(body.decode("latin-1")).get("Action") or ["other"])[0]
+        with self._changed:
+            self.calls[action] += 1
+            queued = self._queued.get(action)
+            fault = queued.pop(0) if queued else self._outage.get(action)
+            self._changed.notify_all()
+        gate = self._holds.get(action)
+        if gate is not None:
+            gate.wait(120)
+        if fault in ERRORS:
+            status, kind, code, message = ERRORS[fault]
+            self._reply(request, status, STS_ERROR.format(kind=kind, code=code, message=message).encode(),
+                        {"Content-Type": "text/xml"})
+        elif fault in ("reset", "hang"):
+            if fault == "hang":
+                self._released.wait(120)
+            self._reset(request)
+        else:
+            self._forward(request, body)
+
+    def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            # Host stays the client's (http.client keeps an explicit Host header), so SigV4 still verifies.
+            upstream.request(request.command, request.path, body=body, headers=dict(request.headers.items()))
+            response = upstream.getresponse()
+            payload = response.read()
+            headers = {k: v for k, v in response.getheaders()
+                       if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+            self._reply(request, response.status, payload, headers)
+        finally:
+            upstream.close()
+
+    @staticmethod
+    def _reply(request: BaseHTTPRequestHandler, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        request.send_response(status)
+        for name, value in headers.items():
+            request.send_header(name, value)
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+    @staticmethod
+    def _reset(request: BaseHTTPRequestHandler) -> None:
+        """Closes with RST (SO_LINGER 0), as a dropped connection looks to the client."""
+        request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        request.close_connection = True
+        request.connection.close()

@@ -1,0 +1,108 @@
+"""Real processes for the tests: the daemon as `python -m metadata_proxy`, and unmodified AWS clients.
+
+Every process gets a scrubbed environment: no AWS_* variable but the ones a test names, empty config and
+credential files, no HTTP proxy, and (for anything whose credential chain could end at the real IMDS)
+AWS_EC2_METADATA_DISABLED=true, so no test ever sends a packet to 169.254.169.254.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
+READY_PREFIX = "export AWS_EC2_METADATA_SERVICE_ENDPOINT="
+START_TIMEOUT = 120  # a safety net for a hung start, never an assertion about speed
+
+
+def base_env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    empty = home / "empty-aws-file"
+    empty.touch()
+    return {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+    }
+
+
+def daemon_env(home: Path, **extra: str) -> dict[str, str]:
+    return {**base_env(home), "AWS_EC2_METADATA_DISABLED": "true", **extra}
+
+
+def client_env(home: Path, **extra: str) -> dict[str, str]:
+    return {**base_env(home), **extra}
+
+
+class DaemonProcess:
+    """`metadata-proxy serve` in a child process; ready when it prints the export line on stdout."""
+
+    def __init__(self, args: list[str], env: dict[str, str], wrapper: tuple[str, ...] = ()) -> None:
+        """wrapper: a command the daemon runs under, e.g. unshare for a network namespace."""
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "metadata_proxy", *args], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.stdout_lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr_lines: list[str] = []
+        self._readers = [threading.Thread(target=self._pump_stdout), threading.Thread(target=self._pump_stderr)]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+        self.url: str | None = None
+
+    def _pump_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout_lines.put(line.rstrip("\n"))
+        self.stdout_lines.put(None)
+
+    def _pump_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+
+    def wait_ready(self) -> str | None:
+        """The endpoint URL, or None if the process ended without becoming ready."""
+        while True:
+            line = self.stdout_lines.get(timeout=START_TIMEOUT)
+            if line is None:
+                return None
+            if line.startswith(READY_PREFIX):
+                self.url = line[len(READY_PREFIX):]
+                return self.url
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        return self.wait()
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=START_TIMEOUT)
+        for reader in self._readers:
+            reader.join(timeout=START_TIMEOUT)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=START_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+def aws(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real AWS CLI from PyPI, installed next to this interpreter."""
+    return run([str(BIN / "aws"), *args], env)
+
+
+def node() -> str | None:
+    return shutil.which("node")

@@ -1,0 +1,197 @@
+"""Cache and refresher behaviour with an injected clock: refresh timing, single flight, STS outages.
+
+The daemon runs in-process on a FakeClock that moto's STS follows too; AssumeRole calls are counted (and
+failed on demand) by the fault proxy in front of moto. Nothing here sleeps: the clock is advanced by hand,
+and the tests wait on the refresher's own notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+import random
+import time
+
+import aiohttp
+import pytest
+
+from metadata_proxy.cache import EXPIRY_MARGIN, CredentialCache, RefreshPolicy, RoleState
+from metadata_proxy.credentials import Credentials
+from metadata_proxy.server import Daemon
+from tests.conftest import World
+from tests.support.fakeclock import FakeClock
+from tests.support.http import get, token
+
+CREDS = "/latest/meta-data/iam/security-credentials/role-01"
+
+
+def parse_time(text: str) -> float:
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def only_state(daemon: Daemon) -> RoleState:
+    assert daemon.refresher is not None
+    (state,) = daemon.refresher.states.values()
+    return state
+
+
+async def settle(daemon: Daemon, clock: FakeClock) -> RoleState:
+    """Waits until no AssumeRole is due or running: the next one is scheduled in the future."""
+    state = only_state(daemon)
+    assert daemon.refresher is not None
+    await daemon.refresher.wait_for(lambda: state.next_attempt is not None and state.next_attempt > clock.now)
+    return state
+
+
+async def read_credentials(url: str) -> dict:
+    tok = await asyncio.to_thread(token, url)
+    reply = await asyncio.to_thread(get, url, CREDS, tok)
+    assert reply.status == 200
+    return json.loads(reply.body)
+
+
+def make_creds(now: float, lifetime: float = 3600) -> Credentials:
+    return Credentials("ASIAEXAMPLE", "secret", "token", now + lifetime, now,
+                       "arn:aws:sts::111111110001:assumed-role/role-01/s")
+
+
+# --- pure policy and cache logic ---
+
+@pytest.mark.parametrize("lifetime", [900, 1800, 3600, 7200, 43200])
+def test_refresh_time_keeps_the_floor_with_room_for_retries(lifetime: int) -> None:
+    """Refresh happens while the served remaining time is still above the floor (1800 s or half the session)."""
+    policy = RefreshPolicy()
+    for seed in range(200):
+        creds = make_creds(1_000_000.0, lifetime)
+        due = policy.refresh_at(creds, random.Random(seed))
+        floor = min(1800, lifetime / 2)
+        assert creds.expiration - due >= floor + 0.15 * (lifetime - floor) - 1e-6
+        assert due - creds.obtained_at >= 0.70 * (lifetime - floor) - 1e-6
+
+
+def test_refresh_rate_for_one_hour_sessions_is_at_most_three_an_hour() -> None:
+    policy = RefreshPolicy()
+    assert min(policy.refresh_at(make_creds(0.0), random.Random(s)) for s in range(500)) >= 1200
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    policy = RefreshPolicy()
+    rng = random.Random(7)
+    delays = [policy.backoff(n, rng) for n in range(1, 40)]
+    assert all(0 < d <= policy.backoff_cap for d in delays)
+    assert delays[0] <= 1.0 and max(delays) > 30
+    assert len({round(d, 6) for d in delays[10:]}) > 1  # jittered, not a fixed cap
+
+
+def test_cache_never_returns_credentials_near_or_past_expiry() -> None:
+    clock = FakeClock(start=1_000_000.0)
+    cache = CredentialCache(clock)
+    creds = make_creds(clock.now)
+    spec = object()
+    cache.put(spec, creds)  # type: ignore[arg-type]
+    clock.advance_to(creds.expiration - EXPIRY_MARGIN - 1)
+    assert cache.get(spec) is creds  # type: ignore[arg-type]
+    clock.advance_to(creds.expiration - EXPIRY_MARGIN)
+    assert cache.get(spec) is None  # type: ignore[arg-type]
+
+
+# --- the daemon against moto, on the fake clock ---
+
+async def test_served_credentials_keep_1800s_and_sts_sees_at_most_three_calls_an_hour(
+        in_process_daemon, clock: FakeClock, world: World) -> None:
+    """Contract §6.2 / §8.9 and peers.md near-expiry thrash: six simulated hours in 30 s steps."""
+    async with in_process_daemon() as daemon:
+        call_times: list[float] = []
+        seen_calls = world.proxy.calls["AssumeRole"]
+        for _ in range(6 * 120):
+            clock.advance(30)
+            await settle(daemon, clock)
+            while world.proxy.calls["AssumeRole"] > seen_calls:
+                seen_calls += 1
+                call_times.append(clock.now)
+            doc = await read_credentials(daemon.url)
+            assert parse_time(doc["Expiration"]) - clock.now >= 1800
+        assert len(call_times) >= 12  # it did refresh, repeatedly
+        for start in call_times:
+            assert sum(1 for t in call_times if start <= t < start + 3600) <= 3
+
+
+async def test_single_flight_under_300_concurrent_readers(in_process_daemon, clock: FakeClock,
+                                                          world: World) -> None:
+    """peers.md 'stampede': 300 cold clients cost no AssumeRole; a refresh in flight is one call, and
+    readers meanwhile get the previous credentials without waiting for STS."""
+    async with in_process_daemon() as daemon:
+        assert world.proxy.calls["AssumeRole"] == 1
+
+        async def full_fetch(session: aiohttp.ClientSession) -> dict:
+            async with session.put(daemon.url + "latest/api/token",
+                                   headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"}) as reply:
+                tok = await reply.text()
+            headers = {"X-aws-ec2-metadata-token": tok}
+            async with session.get(daemon.url + "latest/meta-data/iam/security-credentials/", headers=headers) as r:
+                name = await r.text()
+            async with session.get(daemon.url + "latest/meta-data/iam/security-credentials/" + name,
+                                   headers=headers) as reply:
+                assert reply.status == 200
+                return json.loads(await reply.text())
+
+        connector = aiohttp.TCPConnector(limit=300, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            cold = await asyncio.gather(*(full_fetch(session) for _ in range(300)))
+            assert world.proxy.calls["AssumeRole"] == 1
+            first_key = cold[0]["AccessKeyId"]
+            assert {doc["AccessKeyId"] for doc in cold} == {first_key}
+
+            gate = world.proxy.hold("AssumeRole")
+            state = only_state(daemon)
+            clock.advance_to(state.next_attempt)
+            assert await asyncio.to_thread(world.proxy.wait_for_calls, "AssumeRole", 2)
+            during = await asyncio.gather(*(full_fetch(session) for _ in range(300)))
+            assert {doc["AccessKeyId"] for doc in during} == {first_key}
+            assert world.proxy.calls["AssumeRole"] == 2
+            gate.set()
+            await settle(daemon, clock)
+            after = await full_fetch(session)
+            assert after["AccessKeyId"] != first_key
+            assert world.proxy.calls["AssumeRole"] == 2
+
+
+@pytest.mark.parametrize(("fault", "code"), [("503", "ServiceUnavailable"), ("throttle", "Throttling"),
+                                             ("reset", "ConnectionError"), ("denied", "AssumeRoleUnauthorizedAccess")])
+async def test_outage_serves_previous_credentials_then_error_document_then_recovers(
+        in_process_daemon, clock: FakeClock, world: World, fault: str, code: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue: keep serving while valid, never expired or blank, the IMDS error document once nothing is valid
+    (contract §5.1, §6.3-6.4), recovery on the first retry after STS returns."""
+    async with in_process_daemon() as daemon:
+        original = await read_credentials(daemon.url)
+        expiry = parse_time(original["Expiration"])
+        world.proxy.outage("AssumeRole", fault)
+        state = only_state(daemon)
+        served_error = False
+        while not served_error:
+            clock.advance_to(state.next_attempt)
+            await settle(daemon, clock)
+            assert state.last_error is not None
+            doc = await read_credentials(daemon.url)
+            if doc["Code"] == "Success":
+                assert doc["AccessKeyId"] == original["AccessKeyId"]
+                assert parse_time(doc["Expiration"]) - clock.now > EXPIRY_MARGIN
+            else:
+                served_error = True
+                assert clock.now >= expiry - EXPIRY_MARGIN
+                assert doc["Code"] == code
+                assert doc["Message"] and parse_time(doc["LastUpdated"]) <= clock.now
+                assert not {"AccessKeyId", "SecretAccessKey", "Token"} & set(doc)
+        failures = world.proxy.calls["AssumeRole"] - 1
+        # Bounded retry rate: capped exponential backoff, not a busy loop.
+        assert failures <= (clock.now - (expiry - 3600)) / 30
+        assert f"{state.last_error.code}" in caplog.text
+
+        world.proxy.outage("AssumeRole", None)
+        clock.advance_to(state.next_attempt)
+        await settle(daemon, clock)
+        recovered = await read_credentials(daemon.url)
+        assert recovered["Code"] == "Success"
+        assert parse_time(recovered["Expiration"]) - clock.now >= 1800
