@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from metadata_proxy import __version__
-from metadata_proxy.config import ConfigError, add_serve_arguments, build_serve_config
+from metadata_proxy.config import DEFAULT_PORT, ConfigError, add_serve_arguments, build_serve_config
 
 USAGE_ERROR = 2
 
@@ -33,6 +33,13 @@ def build_parser() -> Parser:
         description="Assume a role and serve its credentials to local AWS clients through the EC2 instance "
                     "metadata protocol (IMDSv2). Every flag can also be set as METADATA_PROXY_<FLAG>.")
     add_serve_arguments(serve)
+    demo = commands.add_parser(
+        "demo", help="show the cross-account check offline, with moto playing AWS",
+        description="Build the seed scenario's two accounts in moto (offline, IAM enforced), serve role-01 "
+                    "with role-02's credentials as source, and show the check: AccessDenied as role-02, the "
+                    "bucket listing through metadata-proxy. Then keep serving until Ctrl-C.")
+    demo.add_argument("--check", action="store_true", help="exit after the check: 0 if both outcomes were right")
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
     return parser
 
 
@@ -61,4 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
 
         return run_daemon(config)
-    parser.error(f"unknown command {args.command}")
+    setup_logging("warning")
+    from metadata_proxy.demo import run_demo
+
+    return run_demo(args.port, args.check)

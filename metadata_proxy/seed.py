@@ -29,6 +29,8 @@ OBJECTS: dict[str, bytes] = {
     "hello.html": b"<html><body><h1>Hello from the foobar bucket in account 0001</h1></body></html>\n\n\n\n\n\n\n\n",
     "index.html": b"",
 }
+# ... as `aws s3 ls` rows: (size or PRE, name)
+EXPECTED_LISTING = [("PRE", "logs/"), ("0", "404.html"), ("37", "Hello.txt"), ("87", "hello.html"), ("0", "index.html")]
 
 
 def role_01_trust(trusted_role_arn: str = ROLE_02_ARN) -> dict:

@@ -81,19 +81,29 @@ def fresh_world(world: World) -> World:
     return replace(world, source=seed.build_world(world.moto_url))
 
 
+def launch(world: World, home: Path, *args: str, env: dict[str, str] | None = None, source: bool = True,
+           role_arn: str = seed.ROLE_01_ARN) -> DaemonProcess:
+    """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False)."""
+    environment = daemon_env(home, **(world.source.environ() if source else {}))
+    environment.update(env or {})
+    return DaemonProcess(["serve", "--role-arn", role_arn, "--port", "0", "--region", seed.REGION,
+                          "--sts-endpoint-url", world.sts_url, *args], environment)
+
+
+def launch_ready(world: World, home: Path, *args: str) -> DaemonProcess:
+    process = launch(world, home, *args)
+    assert process.wait_ready(), process.stderr
+    return process
+
+
 @pytest.fixture
 def start_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """Starts `metadata-proxy serve` for role-01 with role-02's credentials as its source."""
+    """launch() for one test; every daemon started is stopped afterwards."""
     started: list[DaemonProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, source: bool = True,
-              role_arn: str = seed.ROLE_01_ARN) -> DaemonProcess:
-        environment = daemon_env(tmp_path / "daemon-home", **(world.source.environ() if source else {}))
-        environment.update(env or {})
-        process = DaemonProcess(["serve", "--role-arn", role_arn, "--port", "0", "--region", seed.REGION,
-                                 "--sts-endpoint-url", world.sts_url, *args], environment)
-        started.append(process)
-        return process
+    def start(*args: str, **kwargs) -> DaemonProcess:
+        started.append(launch(world, tmp_path / "daemon-home", *args, **kwargs))
+        return started[-1]
 
     yield start
     for process in started:

@@ -11,25 +11,17 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import seed
-from tests.conftest import World
+from tests.conftest import World, launch_ready
 from tests.support.http import get, request, token
-from tests.support.processes import DaemonProcess, daemon_env
+from tests.support.processes import DaemonProcess
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
-def start(world: World, home: Path, *args: str) -> DaemonProcess:
-    process = DaemonProcess(["serve", "--role-arn", seed.ROLE_01_ARN, "--port", "0", "--region", seed.REGION,
-                             "--sts-endpoint-url", world.sts_url, *args],
-                            daemon_env(home, **world.source.environ()))
-    assert process.wait_ready(), process.stderr
-    return process
-
-
 @pytest.fixture(scope="module")
 def daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = start(session_world, tmp_path_factory.mktemp("imds"))
+    process = launch_ready(session_world, tmp_path_factory.mktemp("imds"))
     yield process
     process.stop()
 
@@ -124,7 +116,7 @@ def test_tampered_token_is_401(url: str, tok: str) -> None:
 
 def test_imdsv1_mode_serves_without_token_but_still_rejects_bad_ones(session_world: World, tmp_path: Path) -> None:
     """§3.2 optional mode: no token serves; an invalid token is still 401."""
-    process = start(session_world, tmp_path, "--allow-imdsv1")
+    process = launch_ready(session_world, tmp_path, "--allow-imdsv1")
     try:
         assert get(process.url, CREDS).text == "role-01"
         assert get(process.url, CREDS, "not-a-token").status == 401
@@ -223,7 +215,7 @@ def test_listings(url: str, tok: str) -> None:
 
 def test_configured_instance_values(session_world: World, tmp_path: Path) -> None:
     """Values are configurable: instance id and availability zone."""
-    process = start(session_world, tmp_path, "--instance-id", "i-0123456789abcdef0",
+    process = launch_ready(session_world, tmp_path, "--instance-id", "i-0123456789abcdef0",
                     "--availability-zone", "us-east-1c")
     try:
         tok = token(process.url)
@@ -266,7 +258,7 @@ def test_no_cors_headers(url: str, tok: str) -> None:
 
 def test_access_log_has_no_secrets(session_world: World, tmp_path: Path) -> None:
     """Request log lines: method, path, status, latency; never keys, session tokens or IMDSv2 tokens."""
-    process = start(session_world, tmp_path)
+    process = launch_ready(session_world, tmp_path)
     tok = token(process.url)
     doc = json.loads(get(process.url, CREDS + "role-01", tok).body)
     get(process.url, "/latest/api/token/" + tok, tok)  # a client that puts a token where it does not belong
