@@ -154,12 +154,11 @@ def classify(error: Exception, role_arn: str) -> StsError:
 class AssumeRoleClient:
     """Calls STS with the daemon's source credentials. Thread-safe: calls come from worker threads."""
 
-    # The refresher owns retries (with backoff and logging of every failure), so boto3 makes one attempt.
-    BOTO_CONFIG = botocore.config.Config(
-        retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=10)
-
-    def __init__(self, session: boto3.Session, clock_time=time.time) -> None:
+    def __init__(self, session: boto3.Session, clock_time=time.time, timeout: float = 10.0) -> None:
         self._session = session
+        # The refresher owns retries (with backoff and logging of every failure), so boto3 makes one attempt.
+        self._config = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                                              connect_timeout=min(5.0, timeout), read_timeout=timeout)
         self._clients: dict[tuple[str, str | None], object] = {}
         self._lock = threading.Lock()  # boto3 sessions are not safe to create clients from concurrently
         self._time = clock_time
@@ -169,7 +168,7 @@ class AssumeRoleClient:
         with self._lock:
             if key not in self._clients:
                 self._clients[key] = self._session.client(
-                    "sts", region_name=spec.region, endpoint_url=spec.sts_endpoint_url, config=self.BOTO_CONFIG)
+                    "sts", region_name=spec.region, endpoint_url=spec.sts_endpoint_url, config=self._config)
             return self._clients[key]
 
     def assume(self, spec: RoleSpec) -> Credentials:

@@ -37,7 +37,7 @@ class FaultProxy:
         self._queued: dict[str, list[str]] = {}
         self._outage: dict[str, str] = {}
         self._holds: dict[str, threading.Event] = {}
-        self._released = threading.Event()  # ends every hang when the proxy stops
+        self._released = threading.Event()  # ends every hang (at reset or stop)
         self._changed = threading.Condition()
         proxy = self
 
@@ -101,6 +101,8 @@ class FaultProxy:
         for gate in self._holds.values():
             gate.set()
         self._holds.clear()
+        self._released.set()
+        self._released = threading.Event()
 
     # --- the proxy itself ---
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
