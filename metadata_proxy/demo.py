@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from metadata_proxy.config import ServeConfig
+from metadata_proxy.config import RoleConfig, ServeConfig
 
 DEMO_INSTALL = "pip install 'metadata-proxy[demo]'"
 
@@ -106,13 +106,13 @@ async def demo(port: int, check_only: bool) -> int:
         # The daemon's source identity is role-02, as the instance profile would give it on EC2.
         os.environ.update(source.environ(), AWS_EC2_METADATA_DISABLED="true",
                           AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-        daemon = Daemon(ServeConfig(role_arn=seed.ROLE_01_ARN, port=port, region=seed.REGION,
-                                    role_session_name="metadata-proxy-demo", sts_endpoint_url=moto_url))
+        role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=port, role_session_name="metadata-proxy-demo")
+        daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=moto_url))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, daemon.request_stop)
         ready = asyncio.Event()
-        serving = asyncio.create_task(daemon.run(on_ready=lambda _url: ready.set()))
+        serving = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
         started = asyncio.create_task(ready.wait())
         await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done():

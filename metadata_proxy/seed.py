@@ -76,7 +76,7 @@ def set_enforcement(endpoint: str, on: bool) -> None:
     _moto_api(endpoint, "reset-auth", b"0" if on else b"inf")
 
 
-def _session_in(endpoint: str, account: str) -> boto3.Session:
+def session_in(endpoint: str, account: str) -> boto3.Session:
     """Credentials that act inside `account`: moto places an assumed role's session in the role's account."""
     admin = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     creds = admin.client("sts", endpoint_url=endpoint).assume_role(
@@ -89,7 +89,7 @@ def build_world(endpoint: str) -> SourceCredentials:
     """Resets moto, builds both accounts, switches enforcement on, and returns role-02's credentials."""
     _moto_api(endpoint, "reset")
     set_enforcement(endpoint, False)
-    a = _session_in(endpoint, ACCOUNT_A)
+    a = session_in(endpoint, ACCOUNT_A)
     iam_a = a.client("iam", endpoint_url=endpoint)
     iam_a.create_role(RoleName="role-01", AssumeRolePolicyDocument=json.dumps(role_01_trust()))
     iam_a.put_role_policy(RoleName="role-01", PolicyName="policy-01", PolicyDocument=json.dumps(POLICY_01))
@@ -98,7 +98,7 @@ def build_world(endpoint: str) -> SourceCredentials:
     for key, body in OBJECTS.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
 
-    b = _session_in(endpoint, ACCOUNT_B)
+    b = session_in(endpoint, ACCOUNT_B)
     iam_b = b.client("iam", endpoint_url=endpoint)
     iam_b.create_role(RoleName="role-02", AssumeRolePolicyDocument=json.dumps(ROLE_02_TRUST))
     iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02", PolicyDocument=json.dumps(policy_02()))

@@ -18,11 +18,19 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from metadata_proxy.cache import Clock, CredentialCache, Refresher, SystemClock
-from metadata_proxy.config import ServeConfig
+from metadata_proxy.config import ConfigError, RoleConfig, ServeConfig
+from metadata_proxy.container import (
+    ContainerRoutes,
+    container_path,
+    default_token_dir,
+    ensure_private_dir,
+    load_or_create_token,
+)
 from metadata_proxy.credentials import AssumeRoleClient, RoleSpec, StsError
 from metadata_proxy.imds import ImdsRoutes, InstanceIdentity, normalize_path, text_response
 from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, source_session
@@ -138,6 +146,37 @@ def proxy_hint(environ: dict[str, str] | os._Environ[str]) -> str | None:
     return None
 
 
+@dataclass
+class Listener:
+    """One role's endpoint: its socket, what it serves, and (once serving) its aiohttp runner."""
+
+    role: RoleConfig
+    sock: socket.socket
+    url: str
+    spec: RoleSpec | None = None
+    token_file: str | None = None
+    token: str | None = None
+    runner: web.ServerRunner | None = None
+
+    @property
+    def exports(self) -> list[tuple[str, str]]:
+        """The variables a consumer sets, in the order they are announced."""
+        pairs = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.url)]
+        if self.token_file:
+            pairs += [("AWS_CONTAINER_CREDENTIALS_FULL_URI", self.url.rstrip("/") + container_path(self.role.name)),
+                      ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", self.token_file)]
+        return pairs
+
+
+def with_container_route(path: str, container: Handler, imds: Handler) -> Handler:
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if normalize_path(request.raw_path) == path:
+            return await container(request)
+        return await imds(request)
+
+    return handle
+
+
 class Daemon:
     def __init__(self, config: ServeConfig, clock: Clock | None = None) -> None:
         self.config = config
@@ -145,62 +184,99 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.cache = CredentialCache(self.clock)
         self.refresher: Refresher | None = None
-        self.url: str | None = None
+        self.listeners: list[Listener] = []
+        self._tokens = TokenAuthority(self.clock.time)
+
+    @property
+    def url(self) -> str | None:
+        """The first role's IMDS endpoint (the only one, unless a config file names several roles)."""
+        return self.listeners[0].url if self.listeners else None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
 
-    async def run(self, on_ready: Callable[[str], None] = lambda url: None) -> None:
-        """Serves until request_stop(); raises StartupError if it cannot start."""
+    async def run(self, on_ready: Callable[[list[Listener]], None] = lambda listeners: None) -> None:
+        """Serves until request_stop(); raises StartupError (or ConfigError) if it cannot start."""
         config = self.config
-        sock = bind_socket(config.host, config.port)
-        runner: web.ServerRunner | None = None
+        listeners: list[Listener] = []
         try:
-            port = sock.getsockname()[1]
-            for name in drop_self_pointing(os.environ, config.host, port):
-                log.info("ignoring %s for the source credentials: it points at this daemon", name)
+            for role in config.roles:
+                sock = bind_socket(config.host, role.port)
+                listeners.append(Listener(role, sock, endpoint_url(config.host, sock.getsockname()[1])))
+            for listener in listeners:
+                for name in drop_self_pointing(os.environ, config.host, listener.sock.getsockname()[1]):
+                    log.info("ignoring %s for the source credentials: it points at this daemon", name)
+            if config.container_credentials:
+                for listener in listeners:
+                    listener.token_file, listener.token = self._container_token(listener.role)
             try:
                 session = await asyncio.to_thread(source_session)
             except NoSourceCredentials as error:
                 raise StartupError(str(error)) from None
             region = config.region or session.region_name or "us-east-1"
-            spec = RoleSpec(role_arn=config.role_arn, session_name=config.role_session_name,
-                            external_id=config.external_id, duration_seconds=config.duration_seconds,
-                            sts_endpoint_url=config.sts_endpoint_url, region=region)
             assumer = AssumeRoleClient(session, self.clock.time)
             self.refresher = Refresher(lambda s: asyncio.to_thread(assumer.assume, s), self.cache, self.clock)
-            state = self.refresher.start(spec)
-            log.info("assuming %s as session %s", spec.role_arn, spec.session_name)
-            if not await self._until_stopped(self.refresher.wait_ready(spec)):
+            for listener in listeners:
+                role = listener.role
+                listener.spec = RoleSpec(
+                    role_arn=role.role_arn, session_name=role.role_session_name, external_id=role.external_id,
+                    duration_seconds=role.duration_seconds, policy=role.session_policy,
+                    sts_endpoint_url=config.sts_endpoint_url, region=region)
+                self.refresher.start(listener.spec)
+                log.info("assuming %s as session %s%s", role.role_arn, role.role_session_name,
+                         " with a session policy" if role.session_policy else "")
+            first_credentials = asyncio.gather(*(self.refresher.wait_ready(lst.spec) for lst in listeners))
+            if not await self._until_stopped(first_credentials):
                 return
-
-            identity = InstanceIdentity(
-                instance_id=config.instance_id or default_instance_id(), region=region,
-                availability_zone=config.availability_zone or f"{region}a", account_id=spec.account_id,
-                pending_time=self.clock.time())
-            routes = ImdsRoutes(spec, state, self.cache, TokenAuthority(self.clock.time), identity,
-                                require_token=not config.allow_imdsv1, now=self.clock.time)
-            server = web.Server(guarded(routes, HostCheck(config.host)), access_log=None, **HTTP_LIMITS)
-            runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            if not ipaddress.ip_address(config.host).is_loopback:
-                log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",
-                            config.host, spec.role_name)
-            self.url = endpoint_url(config.host, port)
-            log.info("ready: serving %s on %s (IMDSv2 tokens %s)", spec.role_arn, self.url,
-                     "optional" if config.allow_imdsv1 else "required")
+            for listener in listeners:
+                await self._serve(listener, region)
+            self.listeners = listeners
             if hint := proxy_hint(os.environ):
                 log.warning("%s", hint)
-            on_ready(self.url)
+            on_ready(listeners)
             await self.stop_requested.wait()
             log.info("stopping: finishing in-flight requests")
         finally:
-            if runner is not None:
-                await runner.cleanup()
-            sock.close()
+            for listener in listeners:
+                if listener.runner is not None:
+                    await listener.runner.cleanup()
+                listener.sock.close()
             if self.refresher is not None:
                 await self.refresher.stop()
+
+    def _container_token(self, role: RoleConfig) -> tuple[str, str]:
+        path = role.container_token_file
+        if path is None:
+            directory = default_token_dir(os.environ)
+            ensure_private_dir(directory)
+            path = os.path.join(directory, f"{role.name}.token")
+        return path, load_or_create_token(path)
+
+    async def _serve(self, listener: Listener, region: str) -> None:
+        """Starts accepting on the listener's socket with routes for its role."""
+        config, spec = self.config, listener.spec
+        assert spec is not None and self.refresher is not None
+        state = self.refresher.states[spec]
+        identity = InstanceIdentity(
+            instance_id=config.instance_id or default_instance_id(), region=region,
+            availability_zone=config.availability_zone or f"{region}a", account_id=spec.account_id,
+            pending_time=self.clock.time())
+        handler: Handler = ImdsRoutes(spec, state, self.cache, self._tokens, identity,
+                                      require_token=not config.allow_imdsv1, now=self.clock.time)
+        if listener.token is not None:
+            container = ContainerRoutes(spec, state, self.cache, listener.token, self.clock.time)
+            handler = with_container_route(container_path(listener.role.name), container, handler)
+        server = web.Server(guarded(handler, HostCheck(config.host)), access_log=None, **HTTP_LIMITS)
+        listener.runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
+        await listener.runner.setup()
+        await web.SockSite(listener.runner, listener.sock).start()
+        if not ipaddress.ip_address(config.host).is_loopback:
+            log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",
+                        config.host, spec.role_name)
+        log.info("ready: serving %s on %s (IMDSv2 tokens %s)", spec.role_arn, listener.url,
+                 "optional" if config.allow_imdsv1 else "required")
+        for name, value in listener.exports[1:]:
+            log.info("container credentials for %s: %s=%s", listener.role.name, name, value)
 
     async def _until_stopped(self, awaitable: Awaitable[object]) -> bool:
         """Awaits it unless a stop comes first; StsError (a permanent start-up failure) becomes StartupError."""
@@ -219,11 +295,18 @@ class Daemon:
         return True
 
 
+def announce(listeners: list[Listener]) -> None:
+    """The lines a user copies, on stdout: one export per variable, a comment naming each role if several."""
+    for listener in listeners:
+        if len(listeners) > 1:
+            print(f"# {listener.role.name}: {listener.role.role_arn}")
+        for name, value in listener.exports:
+            print(f"export {name}={value}")
+    sys.stdout.flush()
+
+
 def run_daemon(config: ServeConfig) -> int:
     """Runs the daemon in this process until SIGTERM/SIGINT; returns the exit status."""
-
-    def announce(url: str) -> None:
-        print(f"export AWS_EC2_METADATA_SERVICE_ENDPOINT={url}", flush=True)
 
     async def main() -> None:
         daemon = Daemon(config)
@@ -234,6 +317,9 @@ def run_daemon(config: ServeConfig) -> int:
 
     try:
         asyncio.run(main())
+    except ConfigError as error:
+        print(f"metadata-proxy: error: {error}", file=sys.stderr, flush=True)
+        return 2
     except StartupError as error:
         print(f"metadata-proxy: error: {error}", file=sys.stderr, flush=True)
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from metadata_proxy import seed
-from metadata_proxy.config import ServeConfig
+from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.server import Daemon
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
@@ -67,6 +68,24 @@ def session_world(moto_url: str, session_proxy: FaultProxy) -> World:
     return World(moto_url, session_proxy.url, session_proxy, seed.build_world(moto_url))
 
 
+ROLE_04_ARN = f"arn:aws:iam::{seed.ACCOUNT_A}:role/role-04"
+
+
+@pytest.fixture(scope="session")
+def role_04(session_world: World) -> str:
+    """A second role in account A that role-02 may assume, for the several-roles tests."""
+    url = session_world.moto_url
+    seed.set_enforcement(url, False)
+    iam_a = seed.session_in(url, seed.ACCOUNT_A).client("iam", endpoint_url=url)
+    iam_a.create_role(RoleName="role-04", AssumeRolePolicyDocument=json.dumps(seed.role_01_trust()))
+    iam_a.put_role_policy(RoleName="role-04", PolicyName="policy-04", PolicyDocument=json.dumps(seed.POLICY_01))
+    iam_b = seed.session_in(url, seed.ACCOUNT_B).client("iam", endpoint_url=url)
+    iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02b",
+                          PolicyDocument=json.dumps(seed.policy_02(ROLE_04_ARN)))
+    seed.set_enforcement(url, True)
+    return ROLE_04_ARN
+
+
 @pytest.fixture
 def world(session_world: World) -> Iterator[World]:
     """The seed's world; faults and call counts start clean for every test."""
@@ -75,19 +94,15 @@ def world(session_world: World) -> Iterator[World]:
     session_world.proxy.reset()
 
 
-@pytest.fixture
-def fresh_world(world: World) -> World:
-    """A rebuilt world, for tests that change IAM."""
-    return replace(world, source=seed.build_world(world.moto_url))
-
-
 def launch(world: World, home: Path, *args: str, env: dict[str, str] | None = None, source: bool = True,
-           role_arn: str = seed.ROLE_01_ARN) -> DaemonProcess:
-    """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False)."""
+           role_arn: str | None = seed.ROLE_01_ARN) -> DaemonProcess:
+    """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False).
+    role_arn=None leaves the role (and port) to a --config file in args."""
     environment = daemon_env(home, **(world.source.environ() if source else {}))
     environment.update(env or {})
-    return DaemonProcess(["serve", "--role-arn", role_arn, "--port", "0", "--region", seed.REGION,
-                          "--sts-endpoint-url", world.sts_url, *args], environment)
+    role = ["--role-arn", role_arn, "--port", "0"] if role_arn else []
+    return DaemonProcess(["serve", *role, "--region", seed.REGION, "--sts-endpoint-url", world.sts_url, *args],
+                         environment)
 
 
 def launch_ready(world: World, home: Path, *args: str) -> DaemonProcess:
@@ -127,11 +142,11 @@ def in_process_daemon(world: World, clock: FakeClock, monkeypatch: pytest.Monkey
 
     @contextlib.asynccontextmanager
     async def run(**overrides) -> AsyncIterator[Daemon]:
-        config = replace(ServeConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="test-session",
-                                     region=seed.REGION, sts_endpoint_url=world.sts_url), **overrides)
+        role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="test-session")
+        config = replace(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=world.sts_url), **overrides)
         daemon = Daemon(config, clock)
         ready = asyncio.Event()
-        task = asyncio.create_task(daemon.run(on_ready=lambda _url: ready.set()))
+        task = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()

@@ -35,7 +35,8 @@ class FaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.calls: Counter[str] = Counter()
         self._queued: dict[str, list[str]] = {}
-        self._outage: dict[str, str] = {}
+        self._outage: dict[tuple[str, str | None], str] = {}
+        self.bodies: list[dict[str, list[str]]] = []  # every request's form parameters, in order
         self._holds: dict[str, threading.Event] = {}
         self._released = threading.Event()  # ends every hang (at reset or stop)
         self._changed = threading.Condition()
@@ -75,13 +76,13 @@ class FaultProxy:
         with self._changed:
             self._queued.setdefault(action, []).extend(faults)
 
-    def outage(self, action: str, fault: str | None) -> None:
-        """Every matching request fails with fault until outage(action, None)."""
+    def outage(self, action: str, fault: str | None, role_arn: str | None = None) -> None:
+        """Every matching request (of that role, if given) fails with fault until outage(action, None, ...)."""
         with self._changed:
             if fault is None:
-                self._outage.pop(action, None)
+                self._outage.pop((action, role_arn), None)
             else:
-                self._outage[action] = fault
+                self._outage[(action, role_arn)] = fault
 
     def hold(self, action: str) -> threading.Event:
         """Parks matching requests (after counting them) until the returned event is set."""
@@ -96,6 +97,7 @@ class FaultProxy:
     def reset(self) -> None:
         with self._changed:
             self.calls.clear()
+            self.bodies.clear()
             self._queued.clear()
             self._outage.clear()
         for gate in self._holds.values():
@@ -107,11 +109,15 @@ class FaultProxy:
     # --- the proxy itself ---
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
-        action = (parse_qs(body.decode("latin-1")).get("Action") or ["other"])[0]
+        params = parse_qs(body.decode("latin-1"))
+        action = (params.get("Action") or ["other"])[0]
+        role_arn = (params.get("RoleArn") or [None])[0]
         with self._changed:
             self.calls[action] += 1
+            self.bodies.append(params)
             queued = self._queued.get(action)
-            fault = queued.pop(0) if queued else self._outage.get(action)
+            fault = queued.pop(0) if queued else (self._outage.get((action, role_arn))
+                                                  or self._outage.get((action, None)))
             self._changed.notify_all()
         gate = self._holds.get(action)
         if gate is not None:

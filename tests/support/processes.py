@@ -58,6 +58,8 @@ class DaemonProcess:
             reader.daemon = True
             reader.start()
         self.url: str | None = None
+        self.exports: dict[str, list[str]] = {}
+        self.stdout_seen: list[str] = []
 
     def _pump_stdout(self) -> None:
         for line in self.proc.stdout:
@@ -68,15 +70,28 @@ class DaemonProcess:
         for line in self.proc.stderr:
             self.stderr_lines.append(line.rstrip("\n"))
 
+    def _next_line(self) -> str | None:
+        line = self.stdout_lines.get(timeout=START_TIMEOUT)
+        if line is not None:
+            self.stdout_seen.append(line)
+        if line is not None and line.startswith("export "):
+            name, value = line.removeprefix("export ").split("=", 1)
+            self.exports.setdefault(name, []).append(value)
+        return line
+
     def wait_ready(self) -> str | None:
-        """The endpoint URL, or None if the process ended without becoming ready."""
-        while True:
-            line = self.stdout_lines.get(timeout=START_TIMEOUT)
-            if line is None:
-                return None
+        """The (first) IMDS endpoint URL, or None if the process ended without becoming ready."""
+        while (line := self._next_line()) is not None:
             if line.startswith(READY_PREFIX):
                 self.url = line[len(READY_PREFIX):]
                 return self.url
+        return None
+
+    def export(self, name: str, index: int = 0) -> str:
+        """The value of an announced `export NAME=...` line (the index-th, for several roles)."""
+        while len(self.exports.get(name, [])) <= index:
+            assert self._next_line() is not None, f"no export {name} #{index}: {self.stderr}"
+        return self.exports[name][index]
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

@@ -1,0 +1,184 @@
+"""The container-credentials endpoint (contract §7), with its token file, and real clients through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from metadata_proxy import seed
+from metadata_proxy.config import ConfigError
+from metadata_proxy.container import check_token, load_or_create_token
+from metadata_proxy.demo import listing_rows
+from tests.conftest import World, launch
+from tests.e2e.test_clients import BOTO3_PROBE, ROLE_01_SESSION
+from tests.support.http import request
+from tests.support.processes import JS_DIR, DaemonProcess, aws, client_env, node
+
+CONTAINER_VARS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+
+
+# --- the token file ---
+
+def test_created_token_file_is_0600_without_newline(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "role.token"
+    token = load_or_create_token(str(path))
+    assert path.read_text() == token and len(token) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(str(path)) == token  # kept across restarts: consumers keep working
+
+
+def test_operator_token_is_used_verbatim(tmp_path: Path) -> None:
+    path = tmp_path / "given.token"
+    path.write_text("operator-chosen-token-0123456789")
+    assert load_or_create_token(str(path)) == "operator-chosen-token-0123456789"
+
+
+@pytest.mark.parametrize("content", ["with-a-trailing-newline-123456\n", "short", " padded-token-0123456789 ",
+                                     "line\r\nbreak-0123456789"])
+def test_bad_operator_tokens_are_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "bad.token"
+    path.write_text(content)
+    with pytest.raises(ConfigError):
+        load_or_create_token(str(path))
+    with pytest.raises(ConfigError):
+        check_token(content, "x")
+
+
+# --- the endpoint ---
+
+@pytest.fixture(scope="module")
+def daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    home = tmp_path_factory.mktemp("container")
+    process = launch(session_world, home, "--container-credentials", "--container-token-file",
+                     str(home / "tokens" / "role-01.token"))
+    assert process.wait_ready(), process.stderr
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def full_uri(daemon: DaemonProcess) -> str:
+    return daemon.export("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+@pytest.fixture(scope="module")
+def token_file(daemon: DaemonProcess) -> Path:
+    return Path(daemon.export("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
+
+
+def path_of(uri: str) -> str:
+    return "/" + uri.split("/", 3)[3]
+
+
+def test_announces_the_two_variables_and_writes_the_token(daemon: DaemonProcess, full_uri: str,
+                                                          token_file: Path) -> None:
+    assert full_uri == daemon.url.rstrip("/") + "/v1/credentials/role-01"
+    assert full_uri.startswith("http://127.0.0.1:")  # §7.2: the literal address every SDK accepts
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert not token_file.read_text().endswith("\n")
+
+
+def test_credentials_with_the_token(daemon: DaemonProcess, full_uri: str, token_file: Path) -> None:
+    """§7.2: 200, application/json, the four required fields plus AccountId and RoleArn."""
+    reply = request(daemon.url, "GET", path_of(full_uri), {"Authorization": token_file.read_text()})
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("application/json")
+    doc = json.loads(reply.body)
+    assert set(doc) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId", "RoleArn"}
+    assert doc["Expiration"].endswith("Z") and doc["AccountId"] == seed.ACCOUNT_A
+    assert doc["RoleArn"] == seed.ROLE_01_ARN
+
+
+@pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "wrong-token-0123456789"}, 403),
+                                                 ({"Authorization": ""}, 403)])
+def test_missing_or_wrong_token(daemon: DaemonProcess, full_uri: str, headers: dict[str, str],
+                                status: int) -> None:
+    """§7.2: 401/403 with both casings of code and message, and never a credential."""
+    reply = request(daemon.url, "GET", path_of(full_uri), headers)
+    assert reply.status == status
+    doc = json.loads(reply.body)
+    assert doc["code"] == doc["Code"] and doc["message"] == doc["Message"]
+    assert not {"AccessKeyId", "SecretAccessKey", "Token"} & set(doc)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_other_methods_are_405(daemon: DaemonProcess, full_uri: str, token_file: Path, method: str) -> None:
+    reply = request(daemon.url, method, path_of(full_uri), {"Authorization": token_file.read_text()})
+    assert reply.status == 405
+    assert b"SecretAccessKey" not in reply.body
+
+
+@pytest.mark.parametrize("path", ["/v1/credentials/role-04", "/v1/credentials/", "/v1/credentials/role-01/x"])
+def test_unknown_container_paths_serve_nothing(daemon: DaemonProcess, token_file: Path, path: str) -> None:
+    reply = request(daemon.url, "GET", path, {"Authorization": token_file.read_text()})
+    assert reply.status in (401, 404)
+    assert b"SecretAccessKey" not in reply.body
+
+
+def test_imds_still_requires_its_own_token(daemon: DaemonProcess, token_file: Path) -> None:
+    """The container token is no IMDSv2 token: the IMDS side stays closed without one."""
+    reply = request(daemon.url, "GET", "/latest/meta-data/iam/security-credentials/role-01",
+                    {"Authorization": token_file.read_text()})
+    assert reply.status == 401
+
+
+# --- real clients through the two variables ---
+
+@pytest.fixture
+def container_env(tmp_path: Path, full_uri: str, token_file: Path) -> Callable[..., dict[str, str]]:
+    def make(by: str = "file") -> dict[str, str]:
+        if by == "file":
+            return client_env(tmp_path, AWS_CONTAINER_CREDENTIALS_FULL_URI=full_uri,
+                              AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file))
+        return client_env(tmp_path, AWS_CONTAINER_CREDENTIALS_FULL_URI=full_uri,
+                          AWS_CONTAINER_AUTHORIZATION_TOKEN=token_file.read_text())
+    return make
+
+
+@pytest.mark.parametrize("by", ["file", "env"])
+def test_boto3_uses_the_container_provider(world: World, container_env, by: str) -> None:
+    result = subprocess.run([sys.executable, "-c", BOTO3_PROBE, world.moto_url], env=container_env(by),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["method"] == "container-role" and ROLE_01_SESSION.match(probe["arn"])
+
+
+@pytest.mark.parametrize("by", ["file", "env"])
+def test_aws_cli_lists_the_bucket(world: World, container_env, by: str) -> None:
+    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION,
+                 env=container_env(by))
+    assert result.returncode == 0, result.stderr
+    assert listing_rows(result.stdout) == seed.EXPECTED_LISTING
+
+
+@pytest.mark.parametrize("by", ["file", "env"])
+def test_js_sdk_v3_default_chain(world: World, container_env, by: str) -> None:
+    """§7.1: JS prefers the FILE variable (3.972.88+), the legacy fallback only the env token; cover both."""
+    if node() is None or not (JS_DIR / "node_modules").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install the JS client: npm ci --prefix tests/js")
+        pytest.skip("run `npm ci --prefix tests/js` to include the JavaScript SDK")
+    result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, seed.BUCKET], env=container_env(by),
+                            capture_output=True, text=True, timeout=120, cwd=JS_DIR)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ROLE_01_SESSION.match(probe["arn"])
+
+
+def test_operator_token_file_with_a_newline_stops_the_start(start_daemon, tmp_path: Path) -> None:
+    """A token file with a newline would break every botocore client (§9): refuse it with one line, exit 2."""
+    bad = tmp_path / "bad.token"
+    bad.write_text("a-token-with-a-newline-0123\n")
+    process = start_daemon("--container-credentials", "--container-token-file", str(bad))
+    assert process.wait_ready() is None
+    assert process.wait() == 2
+    (line,) = [x for x in process.stderr_lines if x.startswith("metadata-proxy: error:")]
+    assert "newline" in line and str(bad) in line

@@ -1,0 +1,122 @@
+"""The Docker sidecar, tested without a Docker engine (none runs on the build machines): the compose file
+parses and wires the sidecar as documented, the image's install command works in a clean virtualenv, and
+the image's entrypoint serves and passes its HEALTHCHECK with the compose file's environment."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metadata_proxy import seed
+from tests.conftest import World
+from tests.support.http import request
+from tests.support.processes import DaemonProcess, daemon_env, run
+
+DOCKER = Path(__file__).resolve().parent.parent / "docker"
+DOCKERFILE = (DOCKER / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def instructions(name: str) -> list[str]:
+    """The Dockerfile's instructions of one kind, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line[len(name) + 1:].strip() for line in joined.splitlines() if line.startswith(name + " ")]
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}."""
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if variables.get(name):
+            return variables[name]
+        if op == ":?":
+            raise AssertionError(f"compose needs {name}: {arg}")
+        return arg or ""
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def test_image_is_slim_unprivileged_and_has_a_healthcheck() -> None:
+    bases = instructions("FROM")
+    assert all(re.match(r"python:3\.\d+-slim\b", base) for base in bases)
+    assert len(bases) == 2 and instructions("COPY")[-1].startswith("--from=build /opt/metadata-proxy")
+    (user,) = instructions("USER")
+    assert not user.startswith(("0", "root"))
+    (health,) = instructions("HEALTHCHECK")
+    assert '"metadata-proxy", "healthcheck"' in health
+
+
+def test_compose_file_wires_both_consumers_to_the_sidecars_loopback() -> None:
+    services = COMPOSE["services"]
+    sidecar, app, imds = services["metadata-proxy"], services["app"], services["app-imds"]
+    for consumer in (app, imds):
+        assert consumer["network_mode"] == "service:metadata-proxy"
+        assert consumer["depends_on"]["metadata-proxy"]["condition"] == "service_healthy"
+    env = sidecar["environment"]
+    token_file = env["METADATA_PROXY_CONTAINER_TOKEN_FILE"]
+    assert app["environment"]["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == token_file
+    assert app["environment"]["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == \
+        f"http://127.0.0.1:9254/v1/credentials/{env['METADATA_PROXY_NAME']}"
+    assert imds["environment"]["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == "http://127.0.0.1:9254/"
+    token_dir = str(Path(token_file).parent)
+    assert f"tokens:{token_dir}" in sidecar["volumes"] and f"tokens:{token_dir}:ro" in app["volumes"]
+    assert "tokens" in COMPOSE["volumes"]
+
+
+def test_the_images_install_command_works_in_a_clean_venv(tmp_path: Path) -> None:
+    (install,) = [r for r in instructions("RUN") if "pip install" in r]
+    venv = tmp_path / "venv"
+    root = Path(__file__).resolve().parent.parent
+    command = install.replace("/opt/metadata-proxy", str(venv)).replace("/src", str(root))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    version = run([str(venv / "bin" / "metadata-proxy"), "--version"], {"PATH": "/usr/bin:/bin"})
+    assert version.returncode == 0 and version.stdout.startswith("metadata-proxy ")
+
+
+@pytest.fixture
+def compose_environment(world: World, tmp_path: Path) -> dict[str, str]:
+    """The sidecar's environment as compose would give it, plus what a test has to change: the STS
+    endpoint (moto), a free port, and the token directory (the volume) under tmp_path."""
+    variables = {"ROLE_ARN": seed.ROLE_01_ARN, "AWS_REGION": seed.REGION}
+    env = {k: interpolate(str(v), variables) for k, v in COMPOSE["services"]["metadata-proxy"]["environment"].items()}
+    image_env = dict(re.findall(r"(\w+)=(\S+)", instructions("ENV")[0]))
+    env = {**{k: v for k, v in image_env.items() if k.startswith("METADATA_PROXY_")}, **env}
+    env["METADATA_PROXY_CONTAINER_TOKEN_FILE"] = str(tmp_path / "volume" / Path(env[
+        "METADATA_PROXY_CONTAINER_TOKEN_FILE"]).name)
+    env.update(METADATA_PROXY_STS_ENDPOINT_URL=world.sts_url, METADATA_PROXY_PORT="0")
+    return env
+
+
+def test_entrypoint_serves_with_the_compose_environment(world: World, tmp_path: Path,
+                                                        compose_environment: dict[str, str]) -> None:
+    (entrypoint,) = instructions("ENTRYPOINT")
+    (cmd,) = instructions("CMD")
+    argv = [*yaml.safe_load(entrypoint), *yaml.safe_load(cmd)]
+    assert argv == ["metadata-proxy", "serve"]
+    process = DaemonProcess(argv[1:], daemon_env(tmp_path, **world.source.environ(), **compose_environment))
+    try:
+        url = process.wait_ready()
+        assert url, process.stderr
+        full_uri = process.export("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        consumer_uri = COMPOSE["services"]["app"]["environment"]["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+        assert full_uri.split("/", 3)[3] == consumer_uri.split("/", 3)[3]
+        token = Path(compose_environment["METADATA_PROXY_CONTAINER_TOKEN_FILE"]).read_text()
+        assert request(url, "GET", "/" + full_uri.split("/", 3)[3], {"Authorization": token}).status == 200
+
+        (health,) = instructions("HEALTHCHECK")
+        probe = yaml.safe_load(health[health.index("CMD") + 3:].strip())
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        env = daemon_env(tmp_path, **{**compose_environment, "METADATA_PROXY_PORT": port})
+        healthy = run([sys.executable, "-m", "metadata_proxy", *probe[1:]], env)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        assert process.stop() == 0
+    unhealthy = run([sys.executable, "-m", "metadata_proxy", "healthcheck", "--url", url], daemon_env(tmp_path))
+    assert unhealthy.returncode == 1
+    (line,) = unhealthy.stderr.splitlines()
+    assert line.startswith("metadata-proxy: unhealthy:")
