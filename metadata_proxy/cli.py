@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from metadata_proxy import __version__
 from metadata_proxy.config import (
     DEFAULT_PORT,
     ConfigError,
+    ServeConfig,
     add_serve_arguments,
     load_serve_config,
+    parse_account,
+    parse_bucket,
     parse_host,
+    parse_name,
     parse_port,
 )
 
@@ -55,6 +58,44 @@ def build_parser() -> Parser:
     health.add_argument("--url", default=None,
                         help="the daemon's endpoint (default http://HOST:PORT/ from METADATA_PROXY_HOST and "
                              f"METADATA_PROXY_PORT, else http://127.0.0.1:{DEFAULT_PORT}/)")
+    execute = commands.add_parser(
+        "exec", help="run a command as the role (credentials stay valid for as long as it runs)",
+        usage="metadata-proxy exec [--role-arn ARN | --config PATH] [options] [--env | -- COMMAND [ARGS...]]",
+        description="Run COMMAND with the role's identity, served to it over a private loopback "
+                    "container-credentials endpoint with a one-off token, refreshed for as long as it runs. "
+                    "Its exit status becomes ours; SIGTERM, SIGHUP and SIGINT are passed on. Takes the flags of "
+                    "serve (the listener ones are ignored).")
+    add_serve_arguments(execute)
+    execute.add_argument("--env", action="store_true",
+                         help="print export lines with one session's static keys instead of running a command")
+    execute.add_argument("command_args", nargs=argparse.REMAINDER, metavar="COMMAND",
+                         help="the command and its arguments, after --")
+    policies = commands.add_parser(
+        "policies", help="print the IAM documents for cross-account access to a bucket",
+        description="Print the seed's IAM documents for your accounts: the trusting role's trust policy and "
+                    "policy-01 (least privilege on the bucket unless --broad), the trusted role's EC2 trust "
+                    "policy and policy-02; with --format cli, the aws iam commands that apply them.")
+    policies.add_argument("--trusted-role-arn", required=True, metavar="ARN",
+                          help="the role whose credentials the daemon starts from (role-02, the instance's role)")
+    policies.add_argument("--bucket", required=True, help="the bucket role-01 may read")
+    policies.add_argument("--trusting-account", metavar="ID", default=None,
+                          help="account that owns the bucket and role-01 (placeholder if not given)")
+    policies.add_argument("--trusting-role-name", metavar="NAME", default="role-01",
+                          help="name of the role to create there (default role-01)")
+    policies.add_argument("--external-id", metavar="ID", default=None,
+                          help="require this ExternalId in role-01's trust policy")
+    policies.add_argument("--broad", action="store_true",
+                          help="the seed's s3:Get*/s3:List* on * instead of ListBucket + GetObject on the bucket")
+    policies.add_argument("--format", choices=("json", "cli"), default="json")
+    doctor = commands.add_parser(
+        "doctor", help="check a live setup step by step and say what to fix",
+        description="Check the source identity, AssumeRole of each configured role, the assumed identity, "
+                    "optionally listing a bucket, and a running daemon; print a table with the fix for each "
+                    "failure. Exit 0 only when all pass. Takes the flags of serve.")
+    add_serve_arguments(doctor)
+    doctor.add_argument("--bucket", default=None, help="also list this bucket with the assumed role")
+    doctor.add_argument("--s3-endpoint-url", metavar="URL", default=None, help="S3 endpoint (default the region's)")
+    doctor.add_argument("--url", default=None, help="the running daemon's endpoint (default: from the config)")
     return parser
 
 
@@ -74,38 +115,36 @@ def setup_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        try:
-            config = load_serve_config(args, os.environ)
-        except ConfigError as error:
-            parser.error(str(error))
-        setup_logging(config.log_level)
-        from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
+    return COMMANDS[args.command](parser, args)
 
-        return run_daemon(config)
-    if args.command == "healthcheck":
-        try:
-            url = args.url or local_endpoint(os.environ)
-        except ValueError as error:
-            parser.error(str(error))
-        return healthcheck(url)
+
+def serve_config(parser: Parser, args: argparse.Namespace) -> ServeConfig:
+    try:
+        return load_serve_config(args, os.environ)
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def run_serve(parser: Parser, args: argparse.Namespace) -> int:
+    config = serve_config(parser, args)
+    setup_logging(config.log_level)
+    from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
+
+    return run_daemon(config)
+
+
+def run_demo(parser: Parser, args: argparse.Namespace) -> int:
     setup_logging("warning")
     from metadata_proxy.demo import run_demo
 
     return run_demo(args.port, args.check)
 
 
-def local_endpoint(environ: os._Environ[str]) -> str:
-    """The serve settings' endpoint as seen from this host (a wildcard bind is reached on loopback)."""
-    from metadata_proxy.server import endpoint_url
-
-    host = parse_host(environ.get("METADATA_PROXY_HOST", "127.0.0.1"))
-    if ipaddress.ip_address(host).is_unspecified:
-        host = "::1" if ":" in host else "127.0.0.1"
-    return endpoint_url(host, parse_port(environ.get("METADATA_PROXY_PORT", str(DEFAULT_PORT))))
-
-
-def healthcheck(url: str) -> int:
+def run_healthcheck(parser: Parser, args: argparse.Namespace) -> int:
+    try:
+        url = args.url or local_endpoint(os.environ)
+    except ValueError as error:
+        parser.error(str(error))
     from metadata_proxy.healthcheck import check
 
     problem = check(url)
@@ -113,3 +152,57 @@ def healthcheck(url: str) -> int:
         print(f"metadata-proxy: unhealthy: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_exec(parser: Parser, args: argparse.Namespace) -> int:
+    command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    if args.env == bool(command):
+        parser.error("give either --env or -- COMMAND [ARGS...]")
+    config = serve_config(parser, args)
+    setup_logging("warning" if config.log_level == "info" else config.log_level)  # the child's output matters
+    from metadata_proxy.exec import exec_main
+
+    return exec_main(config, command, args.env)
+
+
+def run_policies(parser: Parser, args: argparse.Namespace) -> int:
+    from metadata_proxy.config import parse_external_id, parse_role_arn
+    from metadata_proxy.policies import PLACEHOLDER_ACCOUNT, CrossAccountSetup
+
+    def checked(flag: str, parse: Callable[[str], str], value: str | None) -> str | None:
+        try:
+            return None if value is None else parse(value)
+        except ValueError as error:
+            parser.error(f"--{flag}: {error} (got {value!r})")
+
+    setup = CrossAccountSetup(
+        trusting_role_name=checked("trusting-role-name", parse_name, args.trusting_role_name),
+        trusting_account=checked("trusting-account", parse_account, args.trusting_account) or PLACEHOLDER_ACCOUNT,
+        trusted_role_arn=checked("trusted-role-arn", parse_role_arn, args.trusted_role_arn),
+        bucket=checked("bucket", parse_bucket, args.bucket),
+        external_id=checked("external-id", parse_external_id, args.external_id), broad=args.broad)
+    if not args.trusting_account:
+        print(f"# --trusting-account not given: replace {PLACEHOLDER_ACCOUNT} with the bucket owner's account id",
+              file=sys.stderr)
+    print(setup.as_json() if args.format == "json" else setup.as_cli())
+    return 0
+
+
+def run_doctor(parser: Parser, args: argparse.Namespace) -> int:
+    config = serve_config(parser, args)
+    setup_logging("warning")
+    from metadata_proxy.doctor import run_doctor
+
+    return run_doctor(config, args.bucket, args.s3_endpoint_url, args.url)
+
+
+COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck, "exec": run_exec,
+            "policies": run_policies, "doctor": run_doctor}
+
+
+def local_endpoint(environ: os._Environ[str]) -> str:
+    """The serve settings' endpoint as seen from this host."""
+    from metadata_proxy.server import endpoint_url, reachable_host
+
+    host = parse_host(environ.get("METADATA_PROXY_HOST", "127.0.0.1"))
+    return endpoint_url(reachable_host(host), parse_port(environ.get("METADATA_PROXY_PORT", str(DEFAULT_PORT))))

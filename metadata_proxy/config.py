@@ -168,6 +168,18 @@ def parse_bool(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def parse_account(value: str) -> str:
+    if not re.fullmatch(r"\d{12}", value):
+        raise ValueError("expected a 12-digit AWS account id")
+    return value
+
+
+def parse_bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError("expected an S3 bucket name")
+    return value
+
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
 
 

@@ -21,14 +21,19 @@ def _call(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
         return response.read().decode()
 
 
+def fetch_credentials(endpoint: str) -> dict:
+    """The credentials document, fetched as an SDK does (token PUT, role list, role); raises OSError/ValueError."""
+    base = endpoint.rstrip("/")
+    token = _call(base + "/latest/api/token", "PUT", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    headers = {"X-aws-ec2-metadata-token": token}
+    role = _call(base + "/latest/meta-data/iam/security-credentials/", headers=headers).strip()
+    return json.loads(_call(f"{base}/latest/meta-data/iam/security-credentials/{role}", headers=headers))
+
+
 def check(endpoint: str) -> str | None:
     """None when the endpoint serves valid credentials; otherwise what is wrong."""
-    base = endpoint.rstrip("/")
     try:
-        token = _call(base + "/latest/api/token", "PUT", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        headers = {"X-aws-ec2-metadata-token": token}
-        role = _call(base + "/latest/meta-data/iam/security-credentials/", headers=headers).strip()
-        document = json.loads(_call(f"{base}/latest/meta-data/iam/security-credentials/{role}", headers=headers))
+        document = fetch_credentials(endpoint)
     except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts and bad JSON
         return f"{endpoint} did not answer as IMDS: {error}"
     if document.get("Code") != "Success":

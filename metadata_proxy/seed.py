@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import boto3
 
+from metadata_proxy.policies import CrossAccountSetup
+
 ACCOUNT_A = "111111110001"
 ACCOUNT_B = "111111110002"
 ROLE_01_ARN = f"arn:aws:iam::{ACCOUNT_A}:role/role-01"
@@ -33,21 +35,8 @@ OBJECTS: dict[str, bytes] = {
 EXPECTED_LISTING = [("PRE", "logs/"), ("0", "404.html"), ("37", "Hello.txt"), ("87", "hello.html"), ("0", "index.html")]
 
 
-def role_01_trust(trusted_role_arn: str = ROLE_02_ARN) -> dict:
-    return {"Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Principal": {"AWS": trusted_role_arn}, "Action": "sts:AssumeRole"}]}
-
-
-POLICY_01 = {"Version": "2012-10-17",
-             "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}]}
-ROLE_02_TRUST = {"Version": "2012-10-17",
-                 "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-                                "Action": "sts:AssumeRole"}]}
-
-
-def policy_02(role_01_arn: str = ROLE_01_ARN) -> dict:
-    return {"Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_01_arn}]}
+SEED = CrossAccountSetup(trusting_role_name="role-01", trusting_account=ACCOUNT_A, trusted_role_arn=ROLE_02_ARN,
+                         bucket=BUCKET, broad=True)
 
 
 @dataclass(frozen=True, repr=False)
@@ -85,26 +74,36 @@ def session_in(endpoint: str, account: str) -> boto3.Session:
                          aws_session_token=creds["SessionToken"], region_name=REGION)
 
 
+def build_accounts(endpoint: str, setup: CrossAccountSetup = SEED) -> SourceCredentials:
+    """Builds the scenario's two accounts in moto (enforcement must be off) and returns the trusted role's
+    credentials, as the instance profile would give them."""
+    a = session_in(endpoint, setup.trusting_account)
+    iam_a = a.client("iam", endpoint_url=endpoint)
+    iam_a.create_role(RoleName=setup.trusting_role_name,
+                      AssumeRolePolicyDocument=json.dumps(setup.trusting_role_trust_policy()))
+    iam_a.put_role_policy(RoleName=setup.trusting_role_name, PolicyName="policy-01",
+                          PolicyDocument=json.dumps(setup.trusting_role_policy()))
+    s3 = a.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=setup.bucket)
+    for key, body in OBJECTS.items():
+        s3.put_object(Bucket=setup.bucket, Key=key, Body=body)
+
+    trusted_account = setup.trusted_role_arn.split(":")[4]
+    name = setup.trusted_role_name
+    iam_b = session_in(endpoint, trusted_account).client("iam", endpoint_url=endpoint)
+    iam_b.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(setup.trusted_role_trust_policy()))
+    iam_b.put_role_policy(RoleName=name, PolicyName="policy-02", PolicyDocument=json.dumps(setup.trusted_role_policy()))
+    iam_b.create_instance_profile(InstanceProfileName=name)
+    iam_b.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    creds = session_in(endpoint, trusted_account).client("sts", endpoint_url=endpoint).assume_role(
+        RoleArn=setup.trusted_role_arn, RoleSessionName="i-0123456789abcdef0")["Credentials"]
+    return SourceCredentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+
+
 def build_world(endpoint: str) -> SourceCredentials:
-    """Resets moto, builds both accounts, switches enforcement on, and returns role-02's credentials."""
+    """Resets moto, builds the seed's accounts, and switches IAM enforcement on."""
     _moto_api(endpoint, "reset")
     set_enforcement(endpoint, False)
-    a = session_in(endpoint, ACCOUNT_A)
-    iam_a = a.client("iam", endpoint_url=endpoint)
-    iam_a.create_role(RoleName="role-01", AssumeRolePolicyDocument=json.dumps(role_01_trust()))
-    iam_a.put_role_policy(RoleName="role-01", PolicyName="policy-01", PolicyDocument=json.dumps(POLICY_01))
-    s3 = a.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=BUCKET)
-    for key, body in OBJECTS.items():
-        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
-
-    b = session_in(endpoint, ACCOUNT_B)
-    iam_b = b.client("iam", endpoint_url=endpoint)
-    iam_b.create_role(RoleName="role-02", AssumeRolePolicyDocument=json.dumps(ROLE_02_TRUST))
-    iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02", PolicyDocument=json.dumps(policy_02()))
-    iam_b.create_instance_profile(InstanceProfileName="role-02")
-    iam_b.add_role_to_instance_profile(InstanceProfileName="role-02", RoleName="role-02")
-    creds = b.client("sts", endpoint_url=endpoint).assume_role(
-        RoleArn=ROLE_02_ARN, RoleSessionName="i-0123456789abcdef0")["Credentials"]
+    source = build_accounts(endpoint)
     set_enforcement(endpoint, True)
-    return SourceCredentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+    return source

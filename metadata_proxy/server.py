@@ -72,6 +72,14 @@ def endpoint_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def reachable_host(host: str) -> str:
+    """Where a client on this host reaches a listener bound to host (a wildcard bind answers on loopback)."""
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return host
+
+
 class HostCheck:
     """DNS-rebinding defence (peers.md, aws-vault #578): the Host header must name this listener.
 

@@ -77,11 +77,13 @@ def role_04(session_world: World) -> str:
     url = session_world.moto_url
     seed.set_enforcement(url, False)
     iam_a = seed.session_in(url, seed.ACCOUNT_A).client("iam", endpoint_url=url)
-    iam_a.create_role(RoleName="role-04", AssumeRolePolicyDocument=json.dumps(seed.role_01_trust()))
-    iam_a.put_role_policy(RoleName="role-04", PolicyName="policy-04", PolicyDocument=json.dumps(seed.POLICY_01))
+    setup = replace(seed.SEED, trusting_role_name="role-04")
+    iam_a.create_role(RoleName="role-04", AssumeRolePolicyDocument=json.dumps(setup.trusting_role_trust_policy()))
+    iam_a.put_role_policy(RoleName="role-04", PolicyName="policy-04",
+                          PolicyDocument=json.dumps(setup.trusting_role_policy()))
     iam_b = seed.session_in(url, seed.ACCOUNT_B).client("iam", endpoint_url=url)
     iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02b",
-                          PolicyDocument=json.dumps(seed.policy_02(ROLE_04_ARN)))
+                          PolicyDocument=json.dumps(setup.trusted_role_policy()))
     seed.set_enforcement(url, True)
     return ROLE_04_ARN
 

@@ -1,0 +1,113 @@
+"""`metadata-proxy doctor` on a correct setup, and with each of the seed's points broken."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from metadata_proxy import seed
+from metadata_proxy.policies import CrossAccountSetup
+from tests.conftest import World
+from tests.support.processes import DaemonProcess, daemon_env, run
+from tests.test_server import free_port
+
+BROKEN = CrossAccountSetup(trusting_role_name="role-01", trusting_account="333333330001",
+                           trusted_role_arn="arn:aws:iam::333333330002:role/role-02", bucket="foobar-doctor")
+
+
+def doctor(world: World, home: Path, source: seed.SourceCredentials, *args: str) -> tuple[int, str]:
+    result = run([sys.executable, "-m", "metadata_proxy", "doctor", "--region", seed.REGION,
+                  "--sts-endpoint-url", world.sts_url, "--s3-endpoint-url", world.moto_url, *args],
+                 daemon_env(home, **source.environ()))
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stdout
+
+
+def rows(table: str) -> dict[str, str]:
+    """STEP -> RESULT, from the printed table (fix lines are indented under their step)."""
+    header, *lines = table.splitlines()
+    column = header.index("RESULT")
+    return {line[:column].strip(): line[column:].split()[0] for line in lines if not line.startswith(" ")}
+
+
+def test_correct_setup_passes_and_checks_the_running_daemon(world: World, tmp_path: Path,
+                                                            start_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = start_daemon()
+    assert daemon.wait_ready()
+    code, table = doctor(world, tmp_path, world.source, "--role-arn", seed.ROLE_01_ARN, "--bucket", seed.BUCKET,
+                         "--url", daemon.url)
+    assert code == 0, table
+    assert rows(table) == {"source identity": "ok", "AssumeRole role-01": "ok", "assumed identity": "ok",
+                           "ListObjectsV2 s3://foobar": "ok", f"local endpoint {daemon.url}": "ok"}
+    assert "assumed-role/role-02/" in table and "assumed-role/role-01/" in table
+
+
+def test_no_daemon_is_a_skip_not_a_failure(world: World, tmp_path: Path) -> None:
+    code, table = doctor(world, tmp_path, world.source, "--role-arn", seed.ROLE_01_ARN, "--port", str(free_port()))
+    assert code == 0, table
+    assert "skip" in table and "no daemon is listening there" in table
+
+
+@pytest.fixture(scope="module")
+def broken_world(session_world: World) -> Iterator[seed.SourceCredentials]:
+    """The seed's setup again in two other accounts, so that its policies can be removed one at a time."""
+    seed.set_enforcement(session_world.moto_url, False)
+    try:
+        source = seed.build_accounts(session_world.moto_url, BROKEN)
+    finally:
+        seed.set_enforcement(session_world.moto_url, True)
+    yield source
+
+
+def set_policy(world: World, account: str, role: str, name: str, document: dict | None) -> None:
+    seed.set_enforcement(world.moto_url, False)
+    try:
+        iam = seed.session_in(world.moto_url, account).client("iam", endpoint_url=world.moto_url)
+        if document is None:
+            iam.delete_role_policy(RoleName=role, PolicyName=name)
+        else:
+            iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
+    finally:
+        seed.set_enforcement(world.moto_url, True)
+
+
+def test_without_policy_02_it_names_access_denied_and_points_1_and_3(world: World, tmp_path: Path,
+                                                                     broken_world: seed.SourceCredentials) -> None:
+    set_policy(world, "333333330002", "role-02", "policy-02", None)
+    try:
+        code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn,
+                             "--bucket", BROKEN.bucket, "--port", str(free_port()))
+    finally:
+        set_policy(world, "333333330002", "role-02", "policy-02", BROKEN.trusted_role_policy())
+    assert code == 1
+    assert rows(table)["AssumeRole role-01"] == "FAIL"
+    assert "AccessDenied" in table
+    assert "point 1" in table and "point 3" in table and "arn:aws:iam::333333330002:role/role-02" in table
+
+
+def test_without_policy_01_it_names_the_s3_denial_and_point_2(world: World, tmp_path: Path,
+                                                              broken_world: seed.SourceCredentials) -> None:
+    set_policy(world, "333333330001", "role-01", "policy-01", None)
+    try:
+        code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn,
+                             "--bucket", BROKEN.bucket, "--port", str(free_port()))
+    finally:
+        set_policy(world, "333333330001", "role-01", "policy-01", BROKEN.trusting_role_policy())
+    assert code == 1
+    assert rows(table)["AssumeRole role-01"] == "ok"
+    assert rows(table)["ListObjectsV2 s3://foobar-doctor"] == "FAIL"
+    assert "AccessDenied" in table and "point 2" in table and "s3:ListBucket" in table
+
+
+def test_a_daemon_serving_another_role_fails_the_last_step(world: World, tmp_path: Path,
+                                                           broken_world: seed.SourceCredentials,
+                                                           start_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = start_daemon()  # serves the seed world's role-01, account 111111110001
+    assert daemon.wait_ready()
+    code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn, "--url", daemon.url)
+    assert code == 1
+    assert rows(table)[f"local endpoint {daemon.url}"] == "FAIL" and "another role" in table
