@@ -113,14 +113,19 @@ class RoleState:
 
 
 Assume = Callable[[RoleSpec], Awaitable[Credentials]]
+# Called after every AssumeRole attempt with the key's state and how long the call took (seconds).
+Outcome = Callable[[RoleState, float], None]
 
 
 class Refresher:
     """Owns every AssumeRole: one long-lived task per RoleSpec that fetches, sleeps until due, and repeats."""
 
     def __init__(self, assume: Assume, cache: CredentialCache, clock: Clock,
-                 policy: RefreshPolicy | None = None, rng: random.Random | None = None) -> None:
+                 policy: RefreshPolicy | None = None, rng: random.Random | None = None,
+                 on_outcome: Outcome = lambda state, seconds: None) -> None:
         self._assume = assume
+        self._on_outcome = on_outcome
+        self.in_flight = 0  # AssumeRole calls under way (at most one per key)
         self.cache = cache
         self._clock = clock
         self._policy = policy or RefreshPolicy()
@@ -171,30 +176,47 @@ class Refresher:
         while True:
             state.attempts += 1
             state.last_attempt = self._clock.time()
+            started = time.perf_counter()
+            self.in_flight += 1
             try:
                 creds = await self._assume(spec)
             except StsError as error:
-                state.last_error = error
-                state.failures_in_a_row += 1
-                if not state.ready and not error.transient:
-                    state.fatal = error  # reported once, by whoever waits for readiness
+                self._failed(state, error)
+                if state.fatal is not None:
+                    self._on_outcome(state, time.perf_counter() - started)
                     await self._notify()
                     return
-                delay = self._policy.backoff(state.failures_in_a_row, self._rng)
-                state.next_attempt = self._clock.time() + delay
-                current = self.cache.get(spec)
-                serving = f"still serving credentials valid until {format_time(current.expiration)}" \
-                    if current else "no valid credentials to serve"
-                log.warning("AssumeRole of %s failed: %s; retry %d in %.1f s; %s", spec.role_arn, error,
-                            state.failures_in_a_row, delay, serving)
             else:
-                self.cache.put(spec, creds)
-                state.last_success = creds.obtained_at
-                state.last_error = None
-                state.failures_in_a_row = 0
-                state.next_attempt = self._policy.refresh_at(creds, self._rng)
-                log.info("refreshed %s: expires %s (took %.2f s); next refresh at %s", spec.role_arn,
-                         format_time(creds.expiration), self._clock.time() - state.last_attempt,
-                         format_time(state.next_attempt))
+                self._succeeded(state, creds, time.perf_counter() - started)
+            finally:
+                self.in_flight -= 1
+            self._on_outcome(state, time.perf_counter() - started)
             await self._notify()
             await self._clock.sleep_until(state.next_attempt)
+
+    def _succeeded(self, state: RoleState, creds: Credentials, seconds: float) -> None:
+        self.cache.put(state.spec, creds)
+        state.last_success = creds.obtained_at
+        state.last_error = None
+        state.failures_in_a_row = 0
+        state.next_attempt = self._policy.refresh_at(creds, self._rng)
+        log.info("refreshed %s: expires %s (took %.2f s); next refresh at %s", state.spec.role_arn,
+                 format_time(creds.expiration), seconds, format_time(state.next_attempt),
+                 extra={"event": "refresh", "role": state.spec.role_arn, "outcome": "success",
+                        "expires": format_time(creds.expiration), "duration_s": round(seconds, 4)})
+
+    def _failed(self, state: RoleState, error: StsError) -> None:
+        state.last_error = error
+        state.failures_in_a_row += 1
+        if not state.ready and not error.transient:
+            state.fatal = error  # reported once, by whoever waits for readiness
+            return
+        delay = self._policy.backoff(state.failures_in_a_row, self._rng)
+        state.next_attempt = self._clock.time() + delay
+        current = self.cache.get(state.spec)
+        serving = f"still serving credentials valid until {format_time(current.expiration)}" \
+            if current else "no valid credentials to serve"
+        log.warning("AssumeRole of %s failed: %s; retry %d in %.1f s; %s", state.spec.role_arn, error,
+                    state.failures_in_a_row, delay, serving,
+                    extra={"event": "refresh", "role": state.spec.role_arn, "outcome": "failure",
+                           "error_code": error.code})

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -23,6 +21,7 @@ from metadata_proxy.config import (
     parse_name,
     parse_port,
 )
+from metadata_proxy.logs import setup_logging
 
 USAGE_ERROR = 2
 
@@ -99,19 +98,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # botocore and urllib3 log request headers at DEBUG, session tokens included: never let them through.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,10 +113,10 @@ def serve_config(parser: Parser, args: argparse.Namespace) -> ServeConfig:
 
 def run_serve(parser: Parser, args: argparse.Namespace) -> int:
     config = serve_config(parser, args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
 
-    return run_daemon(config)
+    return run_daemon(config, load_config=lambda: load_serve_config(args, os.environ))
 
 
 def run_demo(parser: Parser, args: argparse.Namespace) -> int:

@@ -66,7 +66,9 @@ class ServeConfig:
     container_credentials: bool = False
     instance_id: str | None = None
     availability_zone: str | None = None
+    admin_port: int | None = None
     log_level: str = "info"
+    log_format: str = "text"
     config_path: str | None = None
 
 
@@ -157,6 +159,19 @@ def parse_log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
     return value.lower()
+
+
+def parse_log_format(value: str) -> str:
+    if value.lower() not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value.lower()
+
+
+def parse_admin_port(value: str) -> int:
+    port = parse_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a TCP port from 1 to 65535")
+    return port
 
 
 def parse_bool(value: str) -> bool:
@@ -268,7 +283,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance-id", parse_instance_id, "instance id to report (default derived from the host name)", "ID"),
     Option("availability-zone", parse_availability_zone,
            "availability zone to report (default <region>a)", "AZ"),
+    Option("admin-port", parse_admin_port,
+           "loopback port for /metrics, /healthz and /readyz (default: no admin listener)", "PORT", kind=int),
     Option("log-level", parse_log_level, "debug, info, warning or error (default info)", "LEVEL"),
+    Option("log-format", parse_log_format, "text or json (one JSON object a line, for journald/CloudWatch)",
+           "FORMAT"),
 )
 ROLE_TABLE_KEYS = frozenset(o.field for o in OPTIONS if o.role)
 TOP_LEVEL_KEYS = frozenset({"role"} | {o.field for o in OPTIONS})
@@ -383,14 +402,16 @@ def _role_from_table(table: dict[str, Any], index: int, defaults: dict[str, Any]
 def check_roles(config: ServeConfig) -> None:
     seen_names: dict[str, int] = {}
     seen_ports: dict[int, int] = {}
+    if config.admin_port is not None:
+        seen_ports[config.admin_port] = 0
     for index, role in enumerate(config.roles, 1):
         if role.name in seen_names:
             raise ConfigError(f"role[{index}] and role[{seen_names[role.name]}] are both named {role.name!r}: "
                               "give each [[role]] its own name")
         seen_names[role.name] = index
         if role.port and role.port in seen_ports:
-            raise ConfigError(f"role[{index}] and role[{seen_ports[role.port]}] both use port {role.port}: "
-                              "give each [[role]] its own port")
+            other = f"role[{seen_ports[role.port]}]" if seen_ports[role.port] else "the admin listener"
+            raise ConfigError(f"role[{index}] and {other} both use port {role.port}: give each its own port")
         seen_ports[role.port] = index
 
 

@@ -23,7 +23,8 @@ import boto3
 from metadata_proxy.cache import Clock
 from metadata_proxy.config import ConfigError, RoleConfig, ServeConfig
 from metadata_proxy.credentials import AssumeRoleClient, RoleSpec, StsError, format_time
-from metadata_proxy.server import Daemon, Listener, StartupError
+from metadata_proxy.listeners import Listener, StartupError
+from metadata_proxy.server import Daemon
 from metadata_proxy.source import NoSourceCredentials, source_session
 
 # Variables that would win over the container provider in some SDK's chain, or point it elsewhere.

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from metadata_proxy.cache import CredentialCache, RoleState
 from metadata_proxy.credentials import Credentials, RoleSpec, format_time
+from metadata_proxy.metrics import Metrics
 from metadata_proxy.tokens import TokenAuthority, parse_ttl
 
 TOKEN_PATH = "/latest/api/token"
@@ -32,6 +33,9 @@ TTL_ECHO_HEADER = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
 VERSIONED_TOKEN_PATH = re.compile(r"^/[^/]+/api/token$")
 SLASHES = re.compile(r"/{2,}")
 TEXT = "text/plain"
+# Request keys that label the access log line and the metrics.
+ROUTE = web.RequestKey("metadata_proxy.route", str)
+REFUSED = web.RequestKey("metadata_proxy.refused", str)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -110,8 +114,10 @@ class ImdsRoutes:
     """The request handler of one IMDS listener, which serves exactly one role (as EC2 does)."""
 
     def __init__(self, spec: RoleSpec, state: RoleState, cache: CredentialCache, tokens: TokenAuthority,
-                 identity: InstanceIdentity, *, require_token: bool, now: Callable[[], float]) -> None:
+                 identity: InstanceIdentity, metrics: Metrics, *, require_token: bool,
+                 now: Callable[[], float]) -> None:
         self._spec = spec
+        self._metrics = metrics
         self._state = state
         self._cache = cache
         self._tokens = tokens
@@ -140,10 +146,12 @@ class ImdsRoutes:
             "/latest/dynamic/instance-identity": listing("document"),
             "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
         }
-        self._routes: dict[str, Callable[[], bytes]] = {path: (lambda body=body: body)
-                                                        for path, body in static.items()}
-        self._routes[f"{creds_prefix}/{name}"] = lambda: self._credentials(extended=False)
-        self._routes[f"{creds_prefix}-extended/{name}"] = lambda: self._credentials(extended=True)
+        self._routes: dict[str, tuple[str, Callable[[], bytes]]] = {
+            path: ("role-list" if path.startswith(creds_prefix) else "metadata", lambda body=body: body)
+            for path, body in static.items()}
+        self._routes[f"{creds_prefix}/{name}"] = ("credentials", lambda: self._credentials(extended=False))
+        self._routes[f"{creds_prefix}-extended/{name}"] = ("credentials-extended",
+                                                           lambda: self._credentials(extended=True))
 
     def _credentials(self, *, extended: bool) -> bytes:
         creds = self._cache.get(self._spec)
@@ -160,30 +168,43 @@ class ImdsRoutes:
         if method == "PUT":
             return self._put(request, path)
         if method not in ("GET", "HEAD"):
-            return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD, PUT"})
+            return refuse(request, "method", 405, "Method Not Allowed", {"Allow": "GET, HEAD, PUT"})
         if path == TOKEN_PATH:
-            return text_response(405, "Method Not Allowed", {"Allow": "PUT"})
+            return refuse(request, "method", 405, "Method Not Allowed", {"Allow": "PUT"})
         # §3.2: the token is checked before the path, so without one every path is 401 in required mode.
         token = request.headers.get(TOKEN_HEADER)
-        if (token is None and self._require_token) or (token is not None and not self._tokens.verify(token)):
-            return text_response(401, "Unauthorized")
+        if token is not None and not self._tokens.verify(token):
+            self._metrics.tokens_rejected.inc()
+            return refuse(request, "token", 401, "Unauthorized")
+        if token is None and self._require_token:
+            return refuse(request, "token", 401, "Unauthorized")
         route = self._routes.get(path)
         if route is None:
             return text_response(404, "Not Found")
-        return web.Response(body=route(), content_type=TEXT)
+        request[ROUTE], render = route
+        return web.Response(body=render(), content_type=TEXT)
 
     def _put(self, request: web.BaseRequest, path: str) -> web.Response:
+        request[ROUTE] = "token"
         if path != TOKEN_PATH:
             if VERSIONED_TOKEN_PATH.match(path):  # §3.1: version-specific token paths are forbidden
-                return text_response(403, "Forbidden")
-            return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
+                return refuse(request, "token", 403, "Forbidden")
+            return refuse(request, "method", 405, "Method Not Allowed", {"Allow": "GET, HEAD"})
         if "X-Forwarded-For" in request.headers:  # §3.1: a token request that went through a proxy
-            return text_response(403, "Forbidden")
+            return refuse(request, "token", 403, "Forbidden")
         ttl = parse_ttl(request.headers.get(TTL_HEADER))
         if ttl is None:
             return text_response(400, "Bad Request: X-aws-ec2-metadata-token-ttl-seconds must be 1..21600")
+        self._metrics.tokens_issued.inc()
         return web.Response(text=self._tokens.issue(ttl), content_type=TEXT,
                             headers={TTL_ECHO_HEADER: str(ttl)})
+
+
+def refuse(request: web.BaseRequest, reason: str, status: int, text: str,
+           headers: dict[str, str] | None = None) -> web.Response:
+    """A refusal, marked on the request so the access log and the refused-requests metric see its reason."""
+    request[REFUSED] = reason
+    return text_response(status, text, headers)
 
 
 def text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
