@@ -1,0 +1,50 @@
+"""Logs: JSON lines with structured fields, and never a secret, in any line of a full run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from metadata_proxy import seed
+from tests.conftest import World, launch
+from tests.support.http import get, request, token
+from tests.test_server import free_port
+
+CREDS = "/latest/meta-data/iam/security-credentials/role-01"
+
+
+def test_json_logs_and_no_secret_anywhere(world: World, tmp_path: Path) -> None:
+    """Every log line of a run that handed out IMDS credentials, container credentials and tokens, and every
+    metric, is searched for each secret handed out (keys, session tokens, IMDSv2 and container tokens)."""
+    admin_port = free_port()
+    process = launch(world, tmp_path, "--log-format", "json", "--container-credentials", "--admin-port",
+                     str(admin_port), "--container-token-file", str(tmp_path / "role-01.token"))
+    try:
+        url = process.wait_ready()
+        assert url, process.stderr
+        secrets = [world.source.access_key_id, world.source.secret_access_key, world.source.session_token]
+        for ttl in ("60", "21600"):
+            tok = token(url, ttl)
+            doc = json.loads(get(url, CREDS, tok).body)
+            extended = json.loads(get(url, CREDS.replace("credentials", "credentials-extended"), tok).body)
+            secrets += [tok, doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"], extended["Token"]]
+        container_token = (tmp_path / "role-01.token").read_text()
+        container = json.loads(request(url, "GET", "/v1/credentials/role-01", {"Authorization": container_token}).body)
+        secrets += [container_token, container["SecretAccessKey"], container["Token"]]
+        request(url, "GET", "/v1/credentials/role-01", {"Authorization": container_token + "x"})  # a refusal
+        get(url, CREDS, secrets[3] + "tampered")
+        metrics = get(f"http://127.0.0.1:{admin_port}/", "/metrics").text
+    finally:
+        assert process.stop() == 0
+    lines = process.stderr_lines
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+    refresh = next(e for e in entries if e.get("event") == "refresh")
+    assert refresh["role"] == seed.ROLE_01_ARN and refresh["outcome"] == "success"
+    assert refresh["expires"].endswith("Z") and refresh["duration_s"] >= 0
+    access = [e for e in entries if e.get("event") == "request"]
+    assert {"remote", "method", "path", "status", "latency_ms", "route"} <= set(access[0])
+    assert any(e["route"] == "credentials" and e["status"] == 200 for e in access)
+    everything = "\n".join(lines) + metrics + "\n".join(process.stdout_seen)
+    for secret in secrets:
+        assert secret not in everything

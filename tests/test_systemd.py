@@ -1,0 +1,143 @@
+"""The systemd unit, its examples, and the sd_notify conversation with a fake NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from metadata_proxy import seed
+from metadata_proxy.cli import build_parser
+from metadata_proxy.config import DEFAULT_PORT, load_serve_config
+from metadata_proxy.notify import Notifier
+from tests.conftest import World, launch
+from tests.support.notify import NotifySocket
+from tests.support.processes import BIN
+
+SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+UNIT = SYSTEMD / "metadata-proxy.service"
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_analyze_verify_is_silent() -> None:
+    """Verified as shipped, with the documented install in place: /opt/metadata-proxy/bin/metadata-proxy,
+    which a private mount namespace provides (as root; CI runs as root)."""
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze is missing: .ci/run installs the systemd package")
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root for a private mount namespace")
+    script = ('mount -t tmpfs tmpfs /opt && mkdir -p /opt/metadata-proxy/bin && '
+              f'ln -s {BIN / "metadata-proxy"} /opt/metadata-proxy/bin/metadata-proxy && '
+              f'exec systemd-analyze verify {UNIT}')
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""  # warnings only show as output, with exit 0
+
+
+def test_unit_is_notify_typed_and_hardened() -> None:
+    s = unit_settings(UNIT)
+    expected = {"Type": "notify", "DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                "PrivateTmp": "yes", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
+                "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "LockPersonality": "yes",
+                "RestrictNamespaces": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+                "ProtectKernelLogs": "yes", "MemoryDenyWriteExecute": "yes", "Restart": "on-failure",
+                "EnvironmentFile": "-/etc/metadata-proxy/env", "ExecReload": "/bin/kill -HUP $MAINPID"}
+    for key, value in expected.items():
+        assert s[key] == [value], key
+    assert "@system-service" in s["SystemCallFilter"]
+    assert int(s["RestartSec"][0]) >= 1 and s["WatchdogSec"]
+    assert "--config /etc/metadata-proxy/config.toml" in s["ExecStart"][0]
+
+
+def test_examples_point_at_the_default_endpoint(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{DEFAULT_PORT}/"
+    dropin = unit_settings(SYSTEMD / "examples" / "my-app.service.d-metadata-proxy.conf")
+    assert dropin["After"] == dropin["Wants"] == ["metadata-proxy.service"]
+    assert f"AWS_EC2_METADATA_SERVICE_ENDPOINT={endpoint}" in dropin["Environment"]
+    snippet = SYSTEMD / "examples" / "metadata-proxy.sh"
+    for before, after in (("", "127.0.0.1,localhost"), ("corp.example", "corp.example,127.0.0.1,localhost"),
+                          ("127.0.0.1", "127.0.0.1")):
+        out = subprocess.run(["sh", "-c", f'. {snippet}; echo "$AWS_EC2_METADATA_SERVICE_ENDPOINT $NO_PROXY"'],
+                             env={"PATH": "/usr/bin:/bin", "NO_PROXY": before}, capture_output=True, text=True)
+        assert out.stdout.split() == [endpoint, after]
+    config = load_serve_config(build_parser().parse_args(["serve", "--config", str(SYSTEMD / "examples" /
+                                                                                   "config.toml")]), {})
+    assert config.roles[0].port == DEFAULT_PORT and config.admin_port
+
+
+def test_notifier_speaks_to_abstract_sockets_and_reads_the_watchdog_settings() -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0metadata-proxy-test-notify")
+        notifier = Notifier({"NOTIFY_SOCKET": "@metadata-proxy-test-notify", "WATCHDOG_USEC": "4000000",
+                             "WATCHDOG_PID": str(os.getpid())})
+        notifier.send("READY=1", "STATUS=x")
+        assert listener.recv(100) == b"READY=1\nSTATUS=x"
+        assert notifier.watchdog_interval == 2.0
+        notifier.close()
+    assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval is None  # not ours
+    Notifier({}).send("READY=1")  # not under systemd: nothing happens
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path)
+    yield sock
+    sock.close()
+
+
+def test_ready_only_after_the_first_assume_role_then_status_reload_and_stopping(
+        world: World, tmp_path: Path, notify: NotifySocket) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'role_arn = "{seed.ROLE_01_ARN}"\nport = 0\n')
+    gate = world.proxy.hold("AssumeRole")
+    process = launch(world, tmp_path, "--config", str(config), role_arn=None, env={"NOTIFY_SOCKET": notify.path})
+    try:
+        assert world.proxy.wait_for_calls("AssumeRole", 1)  # the prefetch is parked at the proxy...
+        assert not any("READY" in m for m in notify.pending())  # ...and nothing said ready
+        gate.set()
+        ready = notify.wait_for("READY", "1")
+        assert ready["STATUS"].startswith("serving role-01 on http://127.0.0.1:") and "last refresh" in ready["STATUS"]
+        assert process.wait_ready()
+
+        process.proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING", "1")
+        notify.wait_for("READY", "1")
+    finally:
+        assert process.stop() == 0
+    stopping = notify.wait_for("STOPPING", "1")
+    assert stopping["STATUS"] == "stopping"
+
+
+def test_watchdog_pings_when_systemd_asks(world: World, tmp_path: Path, notify: NotifySocket) -> None:
+    process = launch(world, tmp_path, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        assert process.wait_ready()
+        notify.wait_for("WATCHDOG", "1")
+        notify.wait_for("WATCHDOG", "1")
+    finally:
+        process.stop()
+
+
+def test_no_watchdog_pings_unless_asked(world: World, tmp_path: Path, notify: NotifySocket) -> None:
+    process = launch(world, tmp_path, env={"NOTIFY_SOCKET": notify.path})
+    try:
+        assert process.wait_ready()
+    finally:
+        process.stop()
+    notify.wait_for("STOPPING", "1")
+    assert not any("WATCHDOG" in m for m in notify.messages)
