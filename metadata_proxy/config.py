@@ -66,10 +66,19 @@ class ServeConfig:
     container_credentials: bool = False
     instance_id: str | None = None
     availability_zone: str | None = None
+    allow_uid: tuple[int, ...] = ()
+    allow_user: tuple[int, ...] = ()  # resolved to uids when read
+    hop_limit: int | None = None
     admin_port: int | None = None
     log_level: str = "info"
     log_format: str = "text"
     config_path: str | None = None
+
+    @property
+    def allowed_uids(self) -> frozenset[int] | None:
+        """None when every local user may connect (the default, as on EC2)."""
+        uids = frozenset(self.allow_uid) | frozenset(self.allow_user)
+        return uids or None
 
 
 # --- value parsers: each takes the raw string and returns the value or raises ValueError(reason) ---
@@ -167,6 +176,27 @@ def parse_log_format(value: str) -> str:
     return value.lower()
 
 
+def parse_uid(value: str) -> int:
+    uid = parse_int(value)
+    if not 0 <= uid < 2**32 - 1:
+        raise ValueError("expected a uid")
+    return uid
+
+
+def parse_user(value: str) -> int:
+    """A user name (or a numeric uid) as the uid the kernel reports for its sockets."""
+    from metadata_proxy.peercred import parse_user as lookup
+
+    return lookup(value)
+
+
+def parse_hop_limit(value: str) -> int:
+    hops = parse_int(value)
+    if not 1 <= hops <= 255:
+        raise ValueError("expected a hop count from 1 to 255")
+    return hops
+
+
 def parse_admin_port(value: str) -> int:
     port = parse_int(value)
     if not 1 <= port <= 65535:
@@ -235,6 +265,7 @@ class Option:
     metavar: str | None = None  # None: a boolean switch
     role: bool = False  # per role (a [[role]] key) rather than global
     kind: type = str  # the TOML type the config key takes
+    multiple: bool = False  # repeatable flag, comma-separated variable, TOML list
     is_path: bool = False  # relative paths in the config file are relative to the file
 
     @property
@@ -283,6 +314,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance-id", parse_instance_id, "instance id to report (default derived from the host name)", "ID"),
     Option("availability-zone", parse_availability_zone,
            "availability zone to report (default <region>a)", "AZ"),
+    Option("allow-uid", parse_uid, "only this local uid may get tokens and credentials", "UID", kind=int,
+           multiple=True),
+    Option("allow-user", parse_user, "only this local user may get tokens and credentials", "USER", multiple=True),
+    Option("hop-limit", parse_hop_limit, "IP TTL / IPv6 hop limit of the listeners' packets (IMDS uses 1)", "N",
+           kind=int),
     Option("admin-port", parse_admin_port,
            "loopback port for /metrics, /healthz and /readyz (default: no admin listener)", "PORT", kind=int),
     Option("log-level", parse_log_level, "debug, info, warning or error (default info)", "LEVEL"),
@@ -302,6 +338,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         if option.metavar is None:
             parser.add_argument(option.flag, dest=option.field, action="store_const", const="true",
                                 default=None, help=help_text)
+        elif option.multiple:
+            parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, action="append",
+                                default=None, help=help_text + " (repeatable; the variable is comma-separated)")
         else:
             parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, default=None,
                                 help=help_text)
@@ -324,7 +363,21 @@ def _parse(option: Option, raw: str, source: str) -> Any:
         raise ConfigError(f"{source}: {error} (got {raw!r})") from None
 
 
+def _parse_given(option: Option, raw: str | list[str], source: str) -> Any:
+    """A flag's or variable's value; a repeatable option's values as a tuple."""
+    if not option.multiple:
+        assert isinstance(raw, str)
+        return _parse(option, raw, source)
+    items = raw if isinstance(raw, list) else [item.strip() for item in raw.split(",") if item.strip()]
+    return tuple(_parse(option, item, source) for item in items)
+
+
 def _from_file(option: Option, value: Any, where: str, base_dir: str) -> Any:
+    if option.multiple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        single = Option(option.name, option.parse, option.help, option.metavar, option.role, option.kind)
+        return tuple(_from_file(single, item, where, base_dir) for item in value)
     expected = option.toml_type
     if type(value) is not expected:  # exact: a TOML bool is an int to isinstance()
         names = {bool: "true or false", int: "a whole number", str: "a string"}
@@ -358,7 +411,7 @@ def load_serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> S
         if raw is None and option.env in environ:
             raw, source = environ[option.env], option.env
         if raw is not None:
-            value = _parse(option, raw, source)
+            value = _parse_given(option, raw, source)
             if option.role:
                 single_role_sources.append(source)
         elif option.field in file:

@@ -15,18 +15,42 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from metadata_proxy.config import RoleConfig
 from metadata_proxy.container import container_path
 from metadata_proxy.credentials import RoleSpec
 from metadata_proxy.imds import REFUSED, ROUTE, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
+from metadata_proxy.peercred import transport_uid, user_name
 
 log = logging.getLogger("metadata_proxy")
 access_log = logging.getLogger("metadata_proxy.access")
+protocol_log = logging.getLogger("metadata_proxy.http")  # what aiohttp says about requests it could not parse
 
-# Requests to this daemon are tiny; anything larger is not a client we serve.
-HTTP_LIMITS = {"max_line_size": 4096, "max_field_size": 4096, "max_headers": 64}
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request with a traceback, at ERROR, quoting the offending bytes (which may
+    be a header carrying a token). Make it one INFO line naming the client and the kind of error only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            error = record.exc_info[1]
+            record.msg, record.args = "rejected a malformed request from %s: %s (%s)", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "?",
+                type(error).__name__, getattr(error, "code", 400))
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+protocol_log.addFilter(MalformedRequestFilter())
+
+# Requests to this daemon are tiny; anything larger is not a client we serve. keepalive_timeout closes a
+# connection that is idle, or still sending its headers (slowloris), that many seconds after it opened or
+# after its last answer.
+HTTP_LIMITS = {"max_line_size": 4096, "max_field_size": 4096, "max_headers": 64, "keepalive_timeout": 30.0}
+MAX_CONNECTIONS = 1024  # open connections per listener; more are closed at once
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -102,8 +126,11 @@ def printable(path: str, limit: int = 200) -> str:
 
 
 def guarded(routes: Handler, host_check: HostCheck, metrics: Metrics,
+            peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
+            allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
             now: Callable[[], float] = time.perf_counter) -> Handler:
-    """Wraps a listener's routes with the Host check, metrics, an access log line and a last-resort handler.
+    """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, an access log line
+    and a last-resort error handler. allowed_uids() is read per request, so a reload can change it.
 
     The access line has the method, the normalised path, the status and the latency: never a header, so no
     IMDSv2 token can reach the log, and the credential documents are never logged either.
@@ -111,9 +138,16 @@ def guarded(routes: Handler, host_check: HostCheck, metrics: Metrics,
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = now()
+        response: web.StreamResponse
         if not host_check.allows(request.headers.get("Host")):
             request[REFUSED] = "host"
-            response: web.StreamResponse = text_response(403, "Forbidden: Host not allowed")
+            response = text_response(403, "Forbidden: Host not allowed")
+        elif (allowed := allowed_uids()) is not None and (uid := peer_uid(request)) not in allowed:
+            request[REFUSED] = "uid"
+            who = "an undeterminable user" if uid is None else f"uid {uid} ({user_name(uid)})"
+            log.warning("refused %s %s from %s: not an allowed local user", request.method,
+                        printable(normalize_path(request.raw_path)), who)
+            response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
         else:
             try:
                 response = await routes(request)
@@ -135,6 +169,36 @@ def guarded(routes: Handler, host_check: HostCheck, metrics: Metrics,
     return handle
 
 
+class TrackedServer(web.Server):
+    """aiohttp's low-level server plus a cap on open connections and, per connection, the peer's uid.
+
+    The uid is looked up once per connection and forgotten with it, so a new connection from a reused port
+    is looked up afresh.
+    """
+
+    def __init__(self, handler: Handler, max_connections: int, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self._max_connections = max_connections
+        self._uids: dict[object, int | None] = {}
+
+    def connection_made(self, handler, transport) -> None:  # type: ignore[no-untyped-def]
+        super().connection_made(handler, transport)
+        if len(self._connections) > self._max_connections:
+            log.warning("closing a new connection: %d are open, the limit is %d", len(self._connections),
+                        self._max_connections)
+            transport.close()
+
+    def connection_lost(self, handler, exc) -> None:  # type: ignore[no-untyped-def]
+        self._uids.pop(handler, None)
+        super().connection_lost(handler, exc)
+
+    def peer_uid(self, request: web.BaseRequest) -> int | None:
+        handler = request.protocol
+        if handler not in self._uids:
+            self._uids[handler] = transport_uid(request.transport)
+        return self._uids[handler]
+
+
 class Endpoint:
     """A bound socket that serves whatever `routes` is at the moment a request arrives."""
 
@@ -152,8 +216,17 @@ class Endpoint:
         assert self.routes is not None, "routes are set before the endpoint starts"
         return await self.routes(request)
 
-    async def start(self, host_check: HostCheck, metrics: Metrics) -> None:
-        server = web.Server(guarded(self._dispatch, host_check, metrics), access_log=None, **HTTP_LIMITS)
+    async def start(self, host_check: HostCheck, metrics: Metrics,
+                    allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
+                    hop_limit: int | None = None) -> None:
+        if hop_limit is not None:  # accepted sockets inherit it from the listening one (Linux)
+            if self.sock.family == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hop_limit)
+        server = TrackedServer(lambda request: gate(request), MAX_CONNECTIONS, access_log=None, logger=protocol_log,
+                               **HTTP_LIMITS)
+        gate = guarded(self._dispatch, host_check, metrics, server.peer_uid, allowed_uids)
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock).start()

@@ -222,7 +222,8 @@ class Daemon:
         return routes
 
     async def _start_listener(self, listener: Listener) -> None:
-        await listener.start(HostCheck(self.config.host), self.metrics)
+        await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.config.allowed_uids,
+                             self.config.hop_limit)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
             log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",
@@ -292,7 +293,7 @@ class Daemon:
         """Moves to the new configuration, or raises and leaves everything as it was."""
         assert self.refresher is not None
         old = self.config
-        for name in ("host", "admin_port", "log_format"):
+        for name in ("host", "hop_limit", "admin_port", "log_format"):
             if getattr(new, name) != getattr(old, name):
                 log.warning("%s changed: that takes a restart; keeping %s", name, getattr(old, name))
                 new = replace(new, **{name: getattr(old, name)})
