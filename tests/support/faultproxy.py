@@ -12,6 +12,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -37,6 +38,7 @@ class FaultProxy:
         self._queued: dict[str, list[str]] = {}
         self._outage: dict[tuple[str, str | None], str] = {}
         self.bodies: list[dict[str, list[str]]] = []  # every request's form parameters, in order
+        self.latency = 0.0  # seconds added before every forwarded request (the benchmarks' slow STS)
         self._holds: dict[str, threading.Event] = {}
         self._released = threading.Event()  # ends every hang (at reset or stop)
         self._changed = threading.Condition()
@@ -98,6 +100,7 @@ class FaultProxy:
         with self._changed:
             self.calls.clear()
             self.bodies.clear()
+            self.latency = 0.0
             self._queued.clear()
             self._outage.clear()
         for gate in self._holds.values():
@@ -131,6 +134,8 @@ class FaultProxy:
                 self._released.wait(120)
             self._reset(request)
         else:
+            if self.latency:
+                time.sleep(self.latency)  # ok-sleep: this is the simulated network, not a test waiting
             self._forward(request, body)
 
     def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
