@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from metadata_proxy.cache import Refresher, RefreshPolicy
-from metadata_proxy.imds import REFUSED, ROUTE, normalize_path, text_response
+from metadata_proxy.imds import LABEL, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 
 STALL = 5.0  # seconds without a heartbeat from the event loop before /healthz says it is stuck
@@ -35,9 +35,9 @@ class AdminRoutes:
 
     async def __call__(self, request: web.BaseRequest) -> web.Response:
         path = normalize_path(request.raw_path)
-        request[ROUTE] = "admin"
+        request[LABEL] = ("admin", "")
         if request.method not in ("GET", "HEAD"):
-            request[REFUSED] = "method"
+            request[LABEL] = ("admin", "method")
             return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
         if path == "/metrics":
             return web.Response(body=generate_latest(self._metrics.registry),

@@ -82,16 +82,23 @@ class CredentialCache:
 
     def __init__(self, clock: Clock, maxsize: int = 1024) -> None:
         self._store: TLRUCache[RoleSpec, Credentials] = TLRUCache(
-            maxsize, ttu=lambda _key, creds, _now: creds.expiration - EXPIRY_MARGIN, timer=clock.time)
+            maxsize, ttu=lambda _key, creds, _now: self.usable_until(creds), timer=clock.time)
+        self.generation = 0  # bumped by every change, so readers may memoise what they rendered from it
+
+    @staticmethod
+    def usable_until(creds: Credentials) -> float:
+        return creds.expiration - EXPIRY_MARGIN
 
     def get(self, spec: RoleSpec) -> Credentials | None:
         return self._store.get(spec)
 
     def put(self, spec: RoleSpec, creds: Credentials) -> None:
         self._store[spec] = creds
+        self.generation += 1
 
     def discard(self, spec: RoleSpec) -> None:
         self._store.pop(spec, None)
+        self.generation += 1
 
 
 @dataclass

@@ -20,7 +20,7 @@ from aiohttp import web
 from metadata_proxy.cache import CredentialCache, RoleState
 from metadata_proxy.config import ConfigError
 from metadata_proxy.credentials import Credentials, RoleSpec, format_time
-from metadata_proxy.imds import REFUSED, ROUTE
+from metadata_proxy.imds import LABEL
 
 PATH_PREFIX = "/v1/credentials/"
 MIN_TOKEN_LENGTH = 16
@@ -116,16 +116,16 @@ class ContainerRoutes:
         return self._rendered[1]
 
     async def __call__(self, request: web.BaseRequest) -> web.Response:
-        request[ROUTE] = "container"
+        request[LABEL] = ("container", "")
         if request.method not in ("GET", "HEAD"):
-            request[REFUSED] = "method"
+            request[LABEL] = ("container", "method")
             return error_response(405, "MethodNotAllowed", "use GET", {"Allow": "GET, HEAD"})
         presented = request.headers.get("Authorization")
         if presented is None:
-            request[REFUSED] = "token"
+            request[LABEL] = ("container", "token")
             return error_response(401, "Unauthorized", "missing Authorization header")
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._token):
-            request[REFUSED] = "token"
+            request[LABEL] = ("container", "token")
             return error_response(403, "AccessDenied", "invalid Authorization token")
         creds = self._cache.get(self._spec)
         if creds is None:

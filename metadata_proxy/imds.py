@@ -33,13 +33,15 @@ TTL_ECHO_HEADER = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
 VERSIONED_TOKEN_PATH = re.compile(r"^/[^/]+/api/token$")
 SLASHES = re.compile(r"/{2,}")
 TEXT = "text/plain"
-# Request keys that label the access log line and the metrics.
-ROUTE = web.RequestKey("metadata_proxy.route", str)
-REFUSED = web.RequestKey("metadata_proxy.refused", str)
+TEXT_HEADERS = {"Content-Type": TEXT}  # cheaper for aiohttp than content_type= on the hot path
+# The request key that labels the access log line and the metrics: (route, reason refused or "").
+LABEL = web.RequestKey("metadata_proxy.label", tuple)
 
 
 def normalize_path(raw_path: str) -> str:
     """`//latest/meta-data/` -> `/latest/meta-data`; the query string is ignored."""
+    if "//" not in raw_path and "?" not in raw_path and raw_path[-1:] != "/":
+        return raw_path or "/"  # what almost every client sends: nothing to do
     path = SLASHES.sub("/", raw_path.split("?", 1)[0])
     return path.rstrip("/") or "/"
 
@@ -106,6 +108,14 @@ def error_document(state: RoleState, now: float) -> bytes:
     return json.dumps({"Code": code, "Message": message, "LastUpdated": format_time(now)}, indent=2).encode()
 
 
+@dataclass(frozen=True)
+class Rendered:
+    generation: int  # of the cache it was rendered from
+    until: float  # when the cache would stop handing out these credentials
+    legacy: bytes
+    extended: bytes
+
+
 def listing(*items: str) -> bytes:
     return "\n".join(items).encode()
 
@@ -123,7 +133,7 @@ class ImdsRoutes:
         self._tokens = tokens
         self._require_token = require_token
         self._now = now
-        self._rendered: tuple[Credentials, bytes, bytes] | None = None
+        self._rendered: Rendered | None = None
         name = spec.role_name
         creds_prefix = "/latest/meta-data/iam/security-credentials"
         profile_arn = f"arn:aws:iam::{identity.account_id}:instance-profile/{name}"
@@ -154,13 +164,17 @@ class ImdsRoutes:
                                                            lambda: self._credentials(extended=True))
 
     def _credentials(self, *, extended: bool) -> bytes:
-        creds = self._cache.get(self._spec)
-        if creds is None:
-            return error_document(self._state, self._now())
-        if self._rendered is None or self._rendered[0] is not creds:
-            self._rendered = (creds, credentials_document(creds, extended=False),
-                              credentials_document(creds, extended=True))
-        return self._rendered[2 if extended else 1]
+        """Both documents are rendered once per refresh; until the cache changes or they reach the cache's
+        cut-off, a request only compares a counter and a time."""
+        rendered = self._rendered
+        if rendered is None or rendered.generation != self._cache.generation or self._now() >= rendered.until:
+            creds = self._cache.get(self._spec)
+            if creds is None:
+                return error_document(self._state, self._now())
+            rendered = self._rendered = Rendered(self._cache.generation, CredentialCache.usable_until(creds),
+                                                 credentials_document(creds, extended=False),
+                                                 credentials_document(creds, extended=True))
+        return rendered.extended if extended else rendered.legacy
 
     async def __call__(self, request: web.BaseRequest) -> web.Response:
         path = normalize_path(request.raw_path)
@@ -181,11 +195,12 @@ class ImdsRoutes:
         route = self._routes.get(path)
         if route is None:
             return text_response(404, "Not Found")
-        request[ROUTE], render = route
-        return web.Response(body=render(), content_type=TEXT)
+        request[LABEL] = (route[0], "")
+        render = route[1]
+        return web.Response(body=render(), headers=TEXT_HEADERS)
 
     def _put(self, request: web.BaseRequest, path: str) -> web.Response:
-        request[ROUTE] = "token"
+        request[LABEL] = ("token", "")
         if path != TOKEN_PATH:
             if VERSIONED_TOKEN_PATH.match(path):  # §3.1: version-specific token paths are forbidden
                 return refuse(request, "token", 403, "Forbidden")
@@ -203,7 +218,7 @@ class ImdsRoutes:
 def refuse(request: web.BaseRequest, reason: str, status: int, text: str,
            headers: dict[str, str] | None = None) -> web.Response:
     """A refusal, marked on the request so the access log and the refused-requests metric see its reason."""
-    request[REFUSED] = reason
+    request[LABEL] = (request.get(LABEL, ("unknown", ""))[0], reason)
     return text_response(status, text, headers)
 
 

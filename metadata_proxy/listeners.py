@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from metadata_proxy.config import RoleConfig
 from metadata_proxy.container import container_path
 from metadata_proxy.credentials import RoleSpec
-from metadata_proxy.imds import REFUSED, ROUTE, normalize_path, text_response
+from metadata_proxy.imds import LABEL, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.peercred import transport_uid, user_name
 
@@ -98,12 +98,23 @@ class HostCheck:
     A request without Host (HTTP/1.0) carries no name to rebind and is accepted.
     """
 
+    MEMO = 256  # distinct Host values remembered (clients send one or two); a flood of others is re-parsed
+
     def __init__(self, bound_host: str) -> None:
         self._bound = ipaddress.ip_address(bound_host)
+        self._memo: dict[str, bool] = {}
 
     def allows(self, host_header: str | None) -> bool:
         if host_header is None:
             return True
+        known = self._memo.get(host_header)
+        if known is None:
+            known = self._judge(host_header)
+            if len(self._memo) < self.MEMO:
+                self._memo[host_header] = known
+        return known
+
+    def _judge(self, host_header: str) -> bool:
         name = host_header.strip().lower()
         if name.startswith("["):
             name = name[1:].split("]", 1)[0]
@@ -125,12 +136,12 @@ def printable(path: str, limit: int = 200) -> str:
     return cleaned + ("..." if len(path) > limit else "")
 
 
-def guarded(routes: Handler, host_check: HostCheck, metrics: Metrics,
+def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metrics,
             peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
             allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
             now: Callable[[], float] = time.perf_counter) -> Handler:
     """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, an access log line
-    and a last-resort error handler. allowed_uids() is read per request, so a reload can change it.
+    and a last-resort error handler. routes() and allowed_uids() are read per request: a reload changes them.
 
     The access line has the method, the normalised path, the status and the latency: never a header, so no
     IMDSv2 token can reach the log, and the credential documents are never logged either.
@@ -140,30 +151,34 @@ def guarded(routes: Handler, host_check: HostCheck, metrics: Metrics,
         started = now()
         response: web.StreamResponse
         if not host_check.allows(request.headers.get("Host")):
-            request[REFUSED] = "host"
+            request[LABEL] = ("unknown", "host")
             response = text_response(403, "Forbidden: Host not allowed")
         elif (allowed := allowed_uids()) is not None and (uid := peer_uid(request)) not in allowed:
-            request[REFUSED] = "uid"
+            request[LABEL] = ("unknown", "uid")
             who = "an undeterminable user" if uid is None else f"uid {uid} ({user_name(uid)})"
             log.warning("refused %s %s from %s: not an allowed local user", request.method,
                         printable(normalize_path(request.raw_path)), who)
             response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
         else:
             try:
-                response = await routes(request)
+                response = await routes()(request)
             except Exception:
                 log.exception("internal error on %s %s", request.method, printable(request.raw_path))
                 response = text_response(500, "Internal Server Error")
         elapsed = now() - started
-        route = request.get(ROUTE, "unknown")
-        metrics.requests.labels(route, str(response.status)).inc()
-        metrics.latency.labels(route).observe(elapsed)
-        if reason := request.get(REFUSED):
+        try:
+            route, reason = request[LABEL]
+        except KeyError:  # a path no route claimed
+            route, reason = "unknown", ""
+        metrics.observe_request(route, response.status, elapsed)
+        if reason:
             metrics.refused.labels(reason).inc()
-        path = printable(normalize_path(request.raw_path))
-        access_log.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status, elapsed * 1000,
-                        extra={"event": "request", "remote": request.remote, "method": request.method, "path": path,
-                               "status": response.status, "latency_ms": round(elapsed * 1000, 3), "route": route})
+        if access_log.isEnabledFor(logging.INFO):  # building the line costs more than the request otherwise
+            path = printable(normalize_path(request.raw_path))
+            access_log.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
+                            elapsed * 1000, extra={"event": "request", "remote": request.remote,
+                                                   "method": request.method, "path": path, "status": response.status,
+                                                   "latency_ms": round(elapsed * 1000, 3), "route": route})
         return response
 
     return handle
@@ -208,13 +223,13 @@ class Endpoint:
         self.routes: Handler | None = None
         self._runner: web.ServerRunner | None = None
 
+    def _routes(self) -> Handler:
+        assert self.routes is not None, "routes are set before the endpoint starts"
+        return self.routes
+
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
-
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        assert self.routes is not None, "routes are set before the endpoint starts"
-        return await self.routes(request)
 
     async def start(self, host_check: HostCheck, metrics: Metrics,
                     allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
@@ -226,7 +241,7 @@ class Endpoint:
                 self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hop_limit)
         server = TrackedServer(lambda request: gate(request), MAX_CONNECTIONS, access_log=None, logger=protocol_log,
                                **HTTP_LIMITS)
-        gate = guarded(self._dispatch, host_check, metrics, server.peer_uid, allowed_uids)
+        gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids)
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock).start()

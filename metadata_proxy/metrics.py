@@ -1,17 +1,20 @@
 """Prometheus metrics (prometheus-client), in a registry of the daemon's own.
 
-Counters and histograms are updated where things happen (requests, AssumeRole outcomes, tokens); the
-per-role gauges (seconds until the served credentials expire, time of the last successful refresh) and
-the refreshes in flight are read from the refresher's state at scrape time, so they are never stale and
-cost nothing between scrapes.
+AssumeRole outcomes and tokens are prometheus_client counters and histograms, updated where they happen.
+The per-request counter and latency histogram are the hot path, so requests are tallied in plain
+integers on the event loop (no lock, no label lookup) and handed to prometheus_client as metric families
+when it scrapes. The per-role gauges (seconds until the served credentials expire, time of the last
+successful refresh) and the refreshes in flight are read from the refresher's state at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from metadata_proxy.cache import Refresher, RoleState
@@ -24,10 +27,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("metadata_proxy_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=r)
-        self.latency = Histogram("metadata_proxy_request_duration_seconds", "Time to answer a request, by route",
-                                 ["route"], buckets=REQUEST_BUCKETS, registry=r)
         self.refused = Counter("metadata_proxy_requests_refused",
                                "Requests refused, by reason (token, host, method)", ["reason"], registry=r)
         self.tokens_issued = Counter("metadata_proxy_imds_tokens_issued", "IMDSv2 tokens issued", registry=r)
@@ -40,6 +39,12 @@ class Metrics:
                                              "Time an AssumeRole call took, by role", ["role"],
                                              buckets=STS_BUCKETS, registry=r)
 
+        self.requests = RequestTally()
+        r.register(self.requests)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.observe(route, status, seconds)
+
     def record_assume_role(self, state: RoleState, seconds: float) -> None:
         """The refresher's outcome hook."""
         role = state.spec.role_arn
@@ -51,6 +56,39 @@ class Metrics:
 
     def watch(self, refresher: Refresher, now: Callable[[], float]) -> None:
         self.registry.register(RefresherCollector(refresher, now))
+
+
+class RequestTally(Collector):
+    """Requests by route and status, and their latency by route, kept as plain numbers between scrapes."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        self._buckets: dict[str, list[int]] = {}  # per route: one count per bucket, the last one +Inf
+        self._sums: dict[str, float] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        buckets = self._buckets.get(route)
+        if buckets is None:
+            buckets = self._buckets[route] = [0] * (len(REQUEST_BUCKETS) + 1)
+            self._sums[route] = 0.0
+        buckets[bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        self._sums[route] += seconds
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("metadata_proxy_requests", "HTTP requests answered, by route and status",
+                                       labels=["route", "status"])
+        for (route, status), count in sorted(self._counts.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily("metadata_proxy_request_duration_seconds",
+                                        "Time to answer a request, by route", labels=["route"])
+        for route, buckets in sorted(self._buckets.items()):
+            cumulative = list(accumulate(buckets))
+            bounds = [*(str(bound) for bound in REQUEST_BUCKETS), "+Inf"]
+            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), self._sums[route])
+        yield latency
 
 
 class RefresherCollector(Collector):
