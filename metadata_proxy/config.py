@@ -61,6 +61,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     region: str | None = None
     sts_endpoint_url: str | None = None
+    sts_timeout: float = 10.0
     allow_imdsv1: bool = False
     allow_non_loopback: bool = False
     container_credentials: bool = False
@@ -70,6 +71,7 @@ class ServeConfig:
     allow_user: tuple[int, ...] = ()  # resolved to uids when read
     hop_limit: int | None = None
     admin_port: int | None = None
+    event_loop: str = "auto"
     log_level: str = "info"
     log_format: str = "text"
     config_path: str | None = None
@@ -197,6 +199,22 @@ def parse_hop_limit(value: str) -> int:
     return hops
 
 
+def parse_event_loop(value: str) -> str:
+    if value.lower() not in ("auto", "asyncio", "uvloop"):
+        raise ValueError("expected auto, asyncio or uvloop")
+    return value.lower()
+
+
+def parse_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected seconds") from None
+    if not 0.5 <= seconds <= 120:
+        raise ValueError("expected 0.5 to 120 seconds")
+    return seconds
+
+
 def parse_admin_port(value: str) -> int:
     port = parse_int(value)
     if not 1 <= port <= 65535:
@@ -303,6 +321,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("region", parse_region,
            "region for STS and the instance identity (default: the source profile's, else us-east-1)", "REGION"),
     Option("sts-endpoint-url", parse_url, "STS endpoint, e.g. a VPC endpoint (default: the region's)", "URL"),
+    Option("sts-timeout", parse_timeout, "seconds to wait for STS to connect and answer (default 10)", "SECONDS",
+           kind=float),
     Option("allow-imdsv1", parse_bool, "serve GETs without an IMDSv2 token (default: tokens required)"),
     Option("allow-non-loopback", parse_bool,
            "allow --host to be a non-loopback address (anyone who reaches it gets the role)"),
@@ -321,6 +341,8 @@ OPTIONS: tuple[Option, ...] = (
            kind=int),
     Option("admin-port", parse_admin_port,
            "loopback port for /metrics, /healthz and /readyz (default: no admin listener)", "PORT", kind=int),
+    Option("event-loop", parse_event_loop,
+           "auto (uvloop if installed), asyncio or uvloop: see docs/performance.md", "LOOP"),
     Option("log-level", parse_log_level, "debug, info, warning or error (default info)", "LEVEL"),
     Option("log-format", parse_log_format, "text or json (one JSON object a line, for journald/CloudWatch)",
            "FORMAT"),
@@ -380,8 +402,11 @@ def _from_file(option: Option, value: Any, where: str, base_dir: str) -> Any:
         return tuple(_from_file(single, item, where, base_dir) for item in value)
     expected = option.toml_type
     if type(value) is not expected:  # exact: a TOML bool is an int to isinstance()
-        names = {bool: "true or false", int: "a whole number", str: "a string"}
-        raise ConfigError(f"{where}: expected {names[expected]}, got {type(value).__name__} {value!r}")
+        if expected is float and type(value) is int:
+            value = float(value)
+        else:
+            names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+            raise ConfigError(f"{where}: expected {names[expected]}, got {type(value).__name__} {value!r}")
     raw = str(value).lower() if expected is bool else str(value)
     if option.is_path and raw and not os.path.isabs(raw):
         raw = os.path.join(base_dir, raw)

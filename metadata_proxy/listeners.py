@@ -51,6 +51,7 @@ protocol_log.addFilter(MalformedRequestFilter())
 # after its last answer.
 HTTP_LIMITS = {"max_line_size": 4096, "max_field_size": 4096, "max_headers": 64, "keepalive_timeout": 30.0}
 MAX_CONNECTIONS = 1024  # open connections per listener; more are closed at once
+BACKLOG = 1024  # connections the kernel may queue before we accept them (a burst of cold clients)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -244,7 +245,7 @@ class Endpoint:
         gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids)
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
-        await web.SockSite(self._runner, self.sock).start()
+        await web.SockSite(self._runner, self.sock, backlog=BACKLOG).start()
 
     async def close(self) -> None:
         """Stops accepting, lets in-flight requests finish, closes the socket."""

@@ -162,7 +162,7 @@ class Daemon:
         except NoSourceCredentials as error:
             raise StartupError(str(error)) from None
         self._region = config.region or session.region_name or "us-east-1"
-        assumer = AssumeRoleClient(session, self.clock.time)
+        assumer = AssumeRoleClient(session, self.clock.time, timeout=config.sts_timeout)
         self.refresher = Refresher(lambda s: asyncio.to_thread(assumer.assume, s), self.cache, self.clock,
                                    on_outcome=self._on_outcome)
         self.metrics.watch(self.refresher, self.clock.time)
@@ -293,7 +293,7 @@ class Daemon:
         """Moves to the new configuration, or raises and leaves everything as it was."""
         assert self.refresher is not None
         old = self.config
-        for name in ("host", "hop_limit", "admin_port", "log_format"):
+        for name in ("host", "hop_limit", "admin_port", "log_format", "event_loop"):
             if getattr(new, name) != getattr(old, name):
                 log.warning("%s changed: that takes a restart; keeping %s", name, getattr(old, name))
                 new = replace(new, **{name: getattr(old, name)})
@@ -356,11 +356,17 @@ def announce(listeners: list[Listener]) -> None:
     sys.stdout.flush()
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when the `fast` extra installed it (it serves ~1.2x the requests here), else asyncio's own."""
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop (the `fast` extra) serves ~1.15x the requests here up to 32 connections; with 128 busy ones
+    its tail latency grows (docs/performance.md), so it can be declined. "auto" uses it when installed."""
+    if choice == "asyncio":
+        return None
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--event-loop uvloop: uvloop is not installed "
+                              "(pip install 'metadata-proxy[fast]')") from None
         return None
     log.info("event loop: uvloop %s", uvloop.__version__)
     return uvloop.new_event_loop
@@ -378,7 +384,7 @@ def run_daemon(config: ServeConfig, load_config: Callable[[], ServeConfig] | Non
         await daemon.run(on_ready=announce)
 
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
             runner.run(main())
     except ConfigError as error:
         print(f"metadata-proxy: error: {error}", file=sys.stderr, flush=True)
