@@ -241,9 +241,7 @@ async def soak(smoke: bool) -> dict:
     role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="soak")
     daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=proxy.url, sts_timeout=1.0),
                     run.clock)
-    ready = asyncio.Event()
-    serving = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
-    await ready.wait()
+    serving = await daemon.start_in_background()
     run.start = run.clock.now
     clock = asyncio.create_task(run.run_clock())
     raw = [asyncio.create_task(run.raw_client(daemon.url)) for _ in range(4)]

@@ -61,9 +61,7 @@ async def assume_role_calls_per_simulated_hour(world: targets.World, proxy: Faul
     try:
         role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="bench-hours")
         daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=world.sts_url), clock)
-        ready = asyncio.Event()
-        task = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
-        await ready.wait()
+        task = await daemon.start_in_background()
         (state,) = daemon.refresher.states.values()
         start, calls, seen = clock.now, [], proxy.calls["AssumeRole"]
         for _ in range(hours * 60):

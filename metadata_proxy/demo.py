@@ -111,13 +111,8 @@ async def demo(port: int, check_only: bool) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, daemon.request_stop)
-        ready = asyncio.Event()
-        serving = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
-        started = asyncio.create_task(ready.wait())
-        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
-            started.cancel()
-            await serving  # raises the start-up error
+        serving = await daemon.start_in_background()
+        if serving.done():  # Ctrl-C before it was ready
             return 1
         url = daemon.url
         command = ls_command(moto_url)

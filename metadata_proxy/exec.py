@@ -77,13 +77,7 @@ async def run_exec(config: ServeConfig, command: Sequence[str], clock: Clock | N
     try:
         role = replace(role, port=0, container_token_file=os.path.join(private, "token"))
         daemon = Daemon(replace(config, roles=(role,), host="127.0.0.1", container_credentials=True), clock)
-        ready = asyncio.Event()
-        serving = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
-        waiting = asyncio.create_task(ready.wait())
-        await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if serving.done():
-            serving.result()  # raises why it could not start
+        serving = await daemon.start_in_background()
         try:
             return await _run_child(daemon, command, started)
         finally:

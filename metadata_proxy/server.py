@@ -144,6 +144,18 @@ class Daemon:
                 await self.refresher.stop()
             self.notifier.close()
 
+    async def start_in_background(self) -> asyncio.Task[None]:
+        """Runs the daemon as a task of this event loop; returns the task once it serves. Raises why it could
+        not start; a task that is already done means a stop came first."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(self.run(on_ready=lambda _listeners: ready.set()))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()
+        return task
+
     async def _start(self) -> bool:
         """Everything up to serving; False if a stop came first."""
         config = self.config

@@ -3,7 +3,6 @@ two-account world, and the daemon, either as a real child process or in-process 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import json
@@ -147,13 +146,7 @@ def in_process_daemon(world: World, clock: FakeClock, monkeypatch: pytest.Monkey
         role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="test-session")
         config = replace(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=world.sts_url), **overrides)
         daemon = Daemon(config, clock)
-        ready = asyncio.Event()
-        task = asyncio.create_task(daemon.run(on_ready=lambda _listeners: ready.set()))
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task.done():
-            task.result()  # raises the start-up error
+        task = await daemon.start_in_background()
         try:
             yield daemon
         finally:

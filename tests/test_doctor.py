@@ -75,32 +75,30 @@ def set_policy(world: World, account: str, role: str, name: str, document: dict 
         seed.set_enforcement(world.moto_url, True)
 
 
-def test_without_policy_02_it_names_access_denied_and_points_1_and_3(world: World, tmp_path: Path,
-                                                                     broken_world: seed.SourceCredentials) -> None:
-    set_policy(world, "333333330002", "role-02", "policy-02", None)
+@pytest.mark.parametrize(("account", "role", "policy", "failed_step", "passed_steps", "expected"), [
+    ("333333330002", "role-02", "policy-02", "AssumeRole role-01", ["source identity"],
+     ["AccessDenied", "point 1", "point 3", "arn:aws:iam::333333330002:role/role-02"]),
+    ("333333330001", "role-01", "policy-01", "ListObjectsV2 s3://foobar-doctor",
+     ["source identity", "AssumeRole role-01", "assumed identity"], ["AccessDenied", "point 2", "s3:ListBucket"]),
+])
+def test_a_missing_policy_is_named_with_its_fix(world: World, tmp_path: Path, broken_world: seed.SourceCredentials,
+                                                account: str, role: str, policy: str, failed_step: str,
+                                                passed_steps: list[str], expected: list[str]) -> None:
+    """Without policy-02: AccessDenied on AssumeRole, fix points 1 and 3. Without policy-01: the S3 denial,
+    fix point 2. The policy is put back afterwards."""
+    document = BROKEN.trusted_role_policy() if policy == "policy-02" else BROKEN.trusting_role_policy()
+    set_policy(world, account, role, policy, None)
     try:
         code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn,
                              "--bucket", BROKEN.bucket, "--port", str(free_port()))
     finally:
-        set_policy(world, "333333330002", "role-02", "policy-02", BROKEN.trusted_role_policy())
+        set_policy(world, account, role, policy, document)
     assert code == 1
-    assert rows(table)["AssumeRole role-01"] == "FAIL"
-    assert "AccessDenied" in table
-    assert "point 1" in table and "point 3" in table and "arn:aws:iam::333333330002:role/role-02" in table
-
-
-def test_without_policy_01_it_names_the_s3_denial_and_point_2(world: World, tmp_path: Path,
-                                                              broken_world: seed.SourceCredentials) -> None:
-    set_policy(world, "333333330001", "role-01", "policy-01", None)
-    try:
-        code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn,
-                             "--bucket", BROKEN.bucket, "--port", str(free_port()))
-    finally:
-        set_policy(world, "333333330001", "role-01", "policy-01", BROKEN.trusting_role_policy())
-    assert code == 1
-    assert rows(table)["AssumeRole role-01"] == "ok"
-    assert rows(table)["ListObjectsV2 s3://foobar-doctor"] == "FAIL"
-    assert "AccessDenied" in table and "point 2" in table and "s3:ListBucket" in table
+    steps = rows(table)
+    assert steps[failed_step] == "FAIL"
+    assert all(steps[step] == "ok" for step in passed_steps)
+    for text in expected:
+        assert text in table
 
 
 def test_a_daemon_serving_another_role_fails_the_last_step(world: World, tmp_path: Path,
