@@ -15,13 +15,9 @@ from metadata_proxy.config import (
     ServeConfig,
     add_serve_arguments,
     load_serve_config,
-    parse_account,
-    parse_bucket,
-    parse_host,
-    parse_name,
-    parse_port,
 )
 from metadata_proxy.logs import setup_logging
+from metadata_proxy.values import parse_account, parse_bucket, parse_host, parse_name, parse_port
 
 USAGE_ERROR = 2
 
@@ -152,8 +148,8 @@ def run_exec(parser: Parser, args: argparse.Namespace) -> int:
 
 
 def run_policies(parser: Parser, args: argparse.Namespace) -> int:
-    from metadata_proxy.config import parse_external_id, parse_role_arn
     from metadata_proxy.policies import PLACEHOLDER_ACCOUNT, CrossAccountSetup
+    from metadata_proxy.values import parse_external_id, parse_role_arn
 
     def checked(flag: str, parse: Callable[[str], str], value: str | None) -> str | None:
         try:

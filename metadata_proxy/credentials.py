@@ -15,7 +15,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from metadata_proxy.config import ROLE_ARN_RE
+from metadata_proxy.values import ROLE_ARN_RE
 
 
 @dataclass(frozen=True)

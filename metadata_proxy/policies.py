@@ -14,7 +14,7 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from metadata_proxy.config import ROLE_ARN_RE
+from metadata_proxy.values import ROLE_ARN_RE
 
 PLACEHOLDER_ACCOUNT = "TRUSTING_ACCOUNT_ID"
 Document = dict[str, object]

@@ -112,6 +112,21 @@ def launch_ready(world: World, home: Path, *args: str) -> DaemonProcess:
     return process
 
 
+@pytest.fixture(scope="module")
+def shared_daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One plain daemon (role-01, defaults) for a whole test module whose tests only read from it."""
+    process = launch_ready(session_world, tmp_path_factory.mktemp("shared"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def url(shared_daemon: DaemonProcess) -> str:
+    """The shared daemon's IMDS endpoint."""
+    assert shared_daemon.url
+    return shared_daemon.url
+
+
 @pytest.fixture
 def start_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """launch() for one test; every daemon started is stopped afterwards."""

@@ -9,7 +9,7 @@ import pytest
 
 from metadata_proxy.cli import build_parser
 from metadata_proxy.config import OPTIONS, ConfigError, ServeConfig, default_session_name, load_serve_config
-from metadata_proxy.config import SESSION_NAME_RE as STS_SESSION_NAME
+from metadata_proxy.values import SESSION_NAME_RE as STS_SESSION_NAME
 
 ARN = "arn:aws:iam::111111110001:role/role-01"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,9 @@ import pytest
 from metadata_proxy import seed
 from tests.conftest import World, launch_ready
 from tests.support.http import get, request, token
-from tests.support.processes import DaemonProcess
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-
-
-@pytest.fixture(scope="module")
-def daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = launch_ready(session_world, tmp_path_factory.mktemp("imds"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def url(daemon: DaemonProcess) -> str:
-    assert daemon.url
-    return daemon.url
 
 
 @pytest.fixture(scope="module")

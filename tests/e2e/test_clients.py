@@ -1,7 +1,7 @@
 """The seed's check with real, unmodified clients: the AWS CLI and boto3 from PyPI, the JavaScript SDK v3
 from npm, and the request sequences of the Go v2 and Java v2 SDKs (contract §4.3, §4.4) over raw HTTP.
 
-Clients run as subprocesses whose environment holds no AWS_* variable but the endpoint under test, and
+Clients run as subprocesses whose environment holds no AWS_* variable but the url under test, and
 whose config and credential files are empty: whatever identity they show came from the daemon.
 """
 
@@ -12,31 +12,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from metadata_proxy import seed
 from metadata_proxy.demo import listing_rows
-from tests.conftest import World, launch_ready
+from tests.conftest import World
 from tests.support.http import get, request
-from tests.support.processes import JS_DIR, DaemonProcess, aws, client_env, node, run
+from tests.support.processes import JS_DIR, aws, client_env, node, run
 
 ROLE_01_SESSION = re.compile(rf"^arn:aws:sts::{seed.ACCOUNT_A}:assumed-role/role-01/[\w+=,.@-]+$")
-
-
-@pytest.fixture(scope="module")
-def daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = launch_ready(session_world, tmp_path_factory.mktemp("e2e"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def endpoint(daemon: DaemonProcess) -> str:
-    assert daemon.url
-    return daemon.url
 
 
 def test_role_02_alone_is_denied_as_in_the_seed(world: World, tmp_path: Path) -> None:
@@ -47,19 +33,19 @@ def test_role_02_alone_is_denied_as_in_the_seed(world: World, tmp_path: Path) ->
     assert "AccessDenied" in result.stderr
 
 
-def test_aws_cli_sees_role_01(world: World, endpoint: str, tmp_path: Path) -> None:
+def test_aws_cli_sees_role_01(world: World, url: str, tmp_path: Path) -> None:
     result = aws("sts", "get-caller-identity", "--endpoint-url", world.moto_url, "--region", seed.REGION,
-                 env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=endpoint))
+                 env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
     assert result.returncode == 0, result.stderr
     identity = json.loads(result.stdout)
     assert ROLE_01_SESSION.match(identity["Arn"]) and identity["Account"] == seed.ACCOUNT_A
 
 
 @pytest.mark.parametrize("strip_slash", [False, True])
-def test_aws_cli_lists_the_bucket_through_the_daemon(world: World, endpoint: str, tmp_path: Path,
+def test_aws_cli_lists_the_bucket_through_the_daemon(world: World, url: str, tmp_path: Path,
                                                      strip_slash: bool) -> None:
-    """The seed's second check. §2: awscli v1's botocore joins the endpoint with '/', so both forms work."""
-    url = endpoint.rstrip("/") if strip_slash else endpoint
+    """The seed's second check. §2: awscli v1's botocore joins the url with '/', so both forms work."""
+    url = url.rstrip("/") if strip_slash else url
     env = client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url, AWS_EC2_METADATA_V1_DISABLED="true")
     result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION, env=env)
     assert result.returncode == 0, result.stderr
@@ -75,23 +61,23 @@ print(json.dumps({"method": credentials.method, "arn": identity["Arn"]}))
 """
 
 
-def test_boto3_default_chain_uses_the_instance_role_provider(world: World, endpoint: str, tmp_path: Path) -> None:
+def test_boto3_default_chain_uses_the_instance_role_provider(world: World, url: str, tmp_path: Path) -> None:
     result = run([sys.executable, "-c", BOTO3_PROBE, world.moto_url],
-                 client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=endpoint))
+                 client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout)
     assert probe["method"] == "iam-role"
     assert ROLE_01_SESSION.match(probe["arn"])
 
 
-def test_js_sdk_v3_default_chain(world: World, endpoint: str, tmp_path: Path) -> None:
+def test_js_sdk_v3_default_chain(world: World, url: str, tmp_path: Path) -> None:
     """@aws-sdk/credential-provider-node's default chain, unmodified, from the lockfile under tests/js."""
     if node() is None or not (JS_DIR / "node_modules").is_dir():
         if os.environ.get("CI"):
             pytest.fail("CI must install the JS client: npm ci --prefix tests/js")
         pytest.skip("run `npm ci --prefix tests/js` to include the JavaScript SDK")
     result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, seed.BUCKET],
-                            env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=endpoint),
+                            env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url),
                             capture_output=True, text=True, timeout=120, cwd=JS_DIR)
     assert result.returncode == 0, result.stderr
     assert "expiration extension" not in result.stderr  # §4.2: JS warns when handed expired credentials
@@ -100,37 +86,37 @@ def test_js_sdk_v3_default_chain(world: World, endpoint: str, tmp_path: Path) ->
     assert sorted(probe["keys"]) == sorted(seed.OBJECTS)
 
 
-def test_go_v2_sequence(endpoint: str) -> None:
+def test_go_v2_sequence(url: str) -> None:
     """§4.3: Go asks a 300 s token, parses the echoed TTL, caches the token across requests, requires
     Code == Success (case-insensitive) in both iam/info and the credentials, and reads the region from the
     identity document."""
-    put = request(endpoint, "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300",
+    put = request(url, "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300",
                                                          "User-Agent": "aws-sdk-go-v2/1.36.0"})
     assert put.status == 200 and int(put.headers["X-Aws-Ec2-Metadata-Token-Ttl-Seconds"]) == 300
     tok = put.text
-    name = get(endpoint, "/latest/meta-data/iam/security-credentials/", tok).text.splitlines()[0]
-    creds = json.loads(get(endpoint, f"/latest/meta-data/iam/security-credentials/{name}", tok).body)
+    name = get(url, "/latest/meta-data/iam/security-credentials/", tok).text.splitlines()[0]
+    creds = json.loads(get(url, f"/latest/meta-data/iam/security-credentials/{name}", tok).body)
     assert creds["Code"].lower() == "success"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", creds["Expiration"])
-    assert json.loads(get(endpoint, "/latest/meta-data/iam/info", tok).body)["Code"].lower() == "success"
-    assert json.loads(get(endpoint, "/latest/dynamic/instance-identity/document", tok).body)["region"] == seed.REGION
+    assert json.loads(get(url, "/latest/meta-data/iam/info", tok).body)["Code"].lower() == "success"
+    assert json.loads(get(url, "/latest/dynamic/instance-identity/document", tok).body)["region"] == seed.REGION
 
 
-def test_java_v2_sequence(endpoint: str) -> None:
-    """§2, §4.4: Java concatenates the endpoint (with its trailing '/') and the path, so it asks
+def test_java_v2_sequence(url: str) -> None:
+    """§2, §4.4: Java concatenates the url (with its trailing '/') and the path, so it asks
     //latest/..., and it tries the -extended API first, reading AccountId from it."""
     # The token URL drops one trailing '/' first, so only the metadata GETs carry the double slash.
-    tok = request(endpoint, "PUT", "/latest/api/token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"}).text
-    names = get(endpoint, "//latest/meta-data/iam/security-credentials-extended/", tok).text
+    tok = request(url, "PUT", "/latest/api/token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"}).text
+    names = get(url, "//latest/meta-data/iam/security-credentials-extended/", tok).text
     name = names.strip().split("\n")[0]
-    doc = json.loads(get(endpoint, f"//latest/meta-data/iam/security-credentials-extended/{name}", tok).body)
+    doc = json.loads(get(url, f"//latest/meta-data/iam/security-credentials-extended/{name}", tok).body)
     assert doc["AccountId"] == seed.ACCOUNT_A
     assert doc["AccessKeyId"].strip() and doc["SecretAccessKey"].strip()
 
 
-def test_rust_kotlin_paths_without_trailing_slash(endpoint: str) -> None:
+def test_rust_kotlin_paths_without_trailing_slash(url: str) -> None:
     """§3.3: the v2.1 spec's SDKs ask the extended paths without a trailing slash."""
-    tok = request(endpoint, "PUT", "/latest/api/token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"}).text
-    assert get(endpoint, "/latest/meta-data/iam/security-credentials-extended", tok).text == "role-01"
-    doc = json.loads(get(endpoint, "/latest/meta-data/iam/security-credentials-extended/role-01", tok).body)
+    tok = request(url, "PUT", "/latest/api/token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"}).text
+    assert get(url, "/latest/meta-data/iam/security-credentials-extended", tok).text == "role-01"
+    doc = json.loads(get(url, "/latest/meta-data/iam/security-credentials-extended/role-01", tok).body)
     assert doc["Code"] == "Success" and doc["Type"] == "AWS-HMAC"
