@@ -180,7 +180,7 @@ class Soak:
         results: dict = {}
         self.phase = "phase 1: faults"
         calls_before = proxy.calls["AssumeRole"]
-        faults = (("throttle", "503", "reset", "500", "hang"),) if self.smoke else (
+        faults = (("throttle", "503", "reset", "500"), ("hang",)) if self.smoke else (
             ("throttle", "throttle"), ("503",), ("reset", "500"), ("hang",), ("throttle", "503", "reset"))
         for burst in faults:  # each burst hits one refresh and its retries
             proxy.fail_next("AssumeRole", *burst)
