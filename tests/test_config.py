@@ -150,12 +150,14 @@ def test_unreadable_config_file(tmp_path) -> None:
         config(["--config", str(tmp_path / "missing.toml")])
 
 
-@pytest.mark.parametrize("text", ['role_arn = "{ARN}"\nbogus = 1\n', 'port = "x"\n', "region = 1\n", "[[role]]\n"])
-def test_config_mistakes_are_one_line_and_exit_2_before_anything_starts(tmp_path, text: str) -> None:
-    path = write(tmp_path, text.replace("{ARN}", ARN))
+@pytest.mark.parametrize("text", ['role_arn = "{ARN}"\nbogus = 1\n', 'port = "x"\n', "region = 1\n", "[[role]]\n",
+                                  'region = "us-east-1"\n', None])
+def test_config_mistakes_are_one_line_and_exit_2_before_anything_starts(tmp_path, text: str | None) -> None:
+    """Unknown key, wrong types, a role without role_arn, no role at all, an unreadable (missing) file."""
+    path = write(tmp_path, text.replace("{ARN}", ARN)) if text is not None else str(tmp_path / "missing.toml")
     result = subprocess.run([sys.executable, "-m", "metadata_proxy", "serve", "--config", path],
                             capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true"})
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
-    assert line.startswith("metadata-proxy: error:") and path in line
+    assert line.startswith("metadata-proxy: error:") and (path in line or "role_arn" in line)
