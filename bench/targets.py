@@ -7,7 +7,6 @@ security-credentials/; `request` says how wrk must ask for it (URL and headers).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -128,7 +127,3 @@ def moto_baseline() -> Iterator[Target]:
                   f"http://127.0.0.1:{port}/latest/meta-data/iam/security-credentials/default-role",
                   {"Host": "169.254.169.254"}, env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}) as target:
         yield target
-
-
-def describe(body: bytes) -> dict:
-    return {"bytes": len(body), "fields": sorted(json.loads(body))}

@@ -274,11 +274,6 @@ class Listener(Endpoint):
         return pairs
 
 
-def bind_endpoint(host: str, port: int) -> tuple[socket.socket, str]:
-    sock = bind_socket(host, port)
-    return sock, endpoint_url(host, sock.getsockname()[1])
-
-
 def with_container_route(path: str, container: Handler, imds: Handler) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if normalize_path(request.raw_path) == path:
