@@ -20,7 +20,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from metadata_proxy.values import (
@@ -230,8 +230,7 @@ def _from_file(option: Option, value: Any, where: str, base_dir: str) -> Any:
     if option.multiple:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        single = Option(option.name, option.parse, option.help, option.metavar, option.role, option.kind)
-        return tuple(_from_file(single, item, where, base_dir) for item in value)
+        return tuple(_from_file(replace(option, multiple=False), item, where, base_dir) for item in value)
     expected = option.toml_type
     if type(value) is not expected:  # exact: a TOML bool is an int to isinstance()
         if expected is float and type(value) is int:

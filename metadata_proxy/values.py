@@ -6,20 +6,78 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
+
+Parser = Callable[[str], Any]
+
+
+def matching(pattern: str, reason: str) -> Parser:
+    """A parser accepting the whole value if it matches pattern."""
+    regex = re.compile(pattern)
+
+    def parse(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(reason)
+        return value
+
+    return parse
+
+
+def whole_number(value: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def within(low: int, high: int, reason: str) -> Parser:
+    """A parser of whole numbers from low to high."""
+
+    def parse(value: str) -> int:
+        number = whole_number(value)
+        if not low <= number <= high:
+            raise ValueError(reason)
+        return number
+
+    return parse
+
+
+def one_of(*choices: str) -> Parser:
+    """A parser of a case-insensitive choice, returned in lower case."""
+
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
 
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
 SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$")
-EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{8,17}$")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
+parse_role_arn = matching(ROLE_ARN_RE.pattern, "expected an IAM role ARN like arn:aws:iam::123456789012:role/role-01")
+parse_session_name = matching(SESSION_NAME_RE.pattern, "expected 2 to 64 characters from letters, digits and +=,.@_-")
+parse_external_id = matching(r"[\w+=,.@:/-]{2,1224}",
+                             "expected 2 to 1224 characters from letters, digits and +=,.@:/_-")
+parse_region = matching(r"[a-z]{2}(-[a-z]+)+-\d+", "expected an AWS region name like us-east-1")
+parse_availability_zone = matching(r"[a-z]{2}(-[a-z]+)+-\d+[a-z]", "expected an availability zone like us-east-1a")
+parse_instance_id = matching(r"i-[0-9a-f]{8,17}", "expected an instance id like i-0123456789abcdef0")
+parse_account = matching(r"\d{12}", "expected a 12-digit AWS account id")
+parse_bucket = matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "expected an S3 bucket name")
+parse_name = matching(r"[A-Za-z0-9][\w.-]{0,63}", "expected 1 to 64 letters, digits, '.', '_' or '-'")
 
-def parse_role_arn(value: str) -> str:
-    if not ROLE_ARN_RE.match(value):
-        raise ValueError("expected an IAM role ARN like arn:aws:iam::123456789012:role/role-01")
-    return value
+parse_port = within(0, 65535, "expected a TCP port from 1 to 65535 (0 picks a free one)")
+parse_admin_port = within(1, 65535, "expected a TCP port from 1 to 65535")
+parse_duration = within(900, 43200, "expected seconds from 900 to 43200 (STS's limits; role chaining caps it at 3600)")
+parse_uid = within(0, 2**32 - 2, "expected a uid")
+parse_hop_limit = within(1, 255, "expected a hop count from 1 to 255")
+
+parse_log_level = one_of("debug", "info", "warning", "error")
+parse_log_format = one_of("text", "json")
+parse_event_loop = one_of("auto", "asyncio", "uvloop")
 
 
 def parse_host(value: str) -> str:
@@ -31,45 +89,6 @@ def parse_host(value: str) -> str:
         raise ValueError("expected an IP address to bind, e.g. 127.0.0.1 or ::1") from None
 
 
-def parse_port(value: str) -> int:
-    port = parse_int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError("expected a TCP port from 1 to 65535 (0 picks a free one)")
-    return port
-
-
-def parse_int(value: str) -> int:
-    try:
-        return int(value, 10)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-
-
-def parse_duration(value: str) -> int:
-    seconds = parse_int(value)
-    if not 900 <= seconds <= 43200:
-        raise ValueError("expected seconds from 900 to 43200 (STS's limits; role chaining caps it at 3600)")
-    return seconds
-
-
-def parse_session_name(value: str) -> str:
-    if not SESSION_NAME_RE.match(value):
-        raise ValueError("expected 2 to 64 characters from letters, digits and +=,.@_-")
-    return value
-
-
-def parse_external_id(value: str) -> str:
-    if not EXTERNAL_ID_RE.match(value):
-        raise ValueError("expected 2 to 1224 characters from letters, digits and +=,.@:/_-")
-    return value
-
-
-def parse_region(value: str) -> str:
-    if not REGION_RE.match(value):
-        raise ValueError("expected an AWS region name like us-east-1")
-    return value
-
-
 def parse_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -77,55 +96,11 @@ def parse_url(value: str) -> str:
     return value
 
 
-def parse_instance_id(value: str) -> str:
-    if not INSTANCE_ID_RE.match(value):
-        raise ValueError("expected an instance id like i-0123456789abcdef0")
-    return value
-
-
-def parse_availability_zone(value: str) -> str:
-    if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+[a-z]$", value):
-        raise ValueError("expected an availability zone like us-east-1a")
-    return value
-
-
-def parse_log_level(value: str) -> str:
-    if value.lower() not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
-    return value.lower()
-
-
-def parse_log_format(value: str) -> str:
-    if value.lower() not in ("text", "json"):
-        raise ValueError("expected text or json")
-    return value.lower()
-
-
-def parse_uid(value: str) -> int:
-    uid = parse_int(value)
-    if not 0 <= uid < 2**32 - 1:
-        raise ValueError("expected a uid")
-    return uid
-
-
 def parse_user(value: str) -> int:
     """A user name (or a numeric uid) as the uid the kernel reports for its sockets."""
     from metadata_proxy.peercred import parse_user as lookup
 
     return lookup(value)
-
-
-def parse_hop_limit(value: str) -> int:
-    hops = parse_int(value)
-    if not 1 <= hops <= 255:
-        raise ValueError("expected a hop count from 1 to 255")
-    return hops
-
-
-def parse_event_loop(value: str) -> str:
-    if value.lower() not in ("auto", "asyncio", "uvloop"):
-        raise ValueError("expected auto, asyncio or uvloop")
-    return value.lower()
 
 
 def parse_timeout(value: str) -> float:
@@ -138,13 +113,6 @@ def parse_timeout(value: str) -> float:
     return seconds
 
 
-def parse_admin_port(value: str) -> int:
-    port = parse_int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError("expected a TCP port from 1 to 65535")
-    return port
-
-
 def parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -152,27 +120,6 @@ def parse_bool(value: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("expected true or false")
-
-
-def parse_account(value: str) -> str:
-    if not re.fullmatch(r"\d{12}", value):
-        raise ValueError("expected a 12-digit AWS account id")
-    return value
-
-
-def parse_bucket(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
-        raise ValueError("expected an S3 bucket name")
-    return value
-
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
-
-
-def parse_name(value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError("expected 1 to 64 letters, digits, '.', '_' or '-'")
-    return value
 
 
 def parse_path(value: str) -> str:
