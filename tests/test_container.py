@@ -17,9 +17,8 @@ from metadata_proxy.config import ConfigError
 from metadata_proxy.container import check_token, load_or_create_token
 from metadata_proxy.demo import listing_rows
 from tests.conftest import World, launch
-from tests.e2e.test_clients import BOTO3_PROBE, ROLE_01_SESSION
 from tests.support.http import request
-from tests.support.processes import JS_DIR, DaemonProcess, aws, client_env, node
+from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node
 
 CONTAINER_VARS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
 

@@ -20,9 +20,8 @@ from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.exec import run_exec
 from metadata_proxy.server import Daemon
 from tests.conftest import World
-from tests.e2e.test_clients import ROLE_01_SESSION
 from tests.support.fakeclock import FakeClock
-from tests.support.processes import BIN, START_TIMEOUT, daemon_env, run
+from tests.support.processes import BIN, ROLE_01_SESSION, START_TIMEOUT, daemon_env, run
 
 
 def exec_args(world: World, *rest: str) -> list[str]:

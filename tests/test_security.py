@@ -19,9 +19,8 @@ from metadata_proxy import seed
 from metadata_proxy.listeners import TrackedServer
 from metadata_proxy.peercred import parse_user, peer_uid
 from tests.conftest import World, launch
-from tests.e2e.test_clients import ROLE_01_SESSION
 from tests.support.http import get, request, token
-from tests.support.processes import BIN, aws, client_env
+from tests.support.processes import BIN, ROLE_01_SESSION, aws, client_env
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
 NOBODY = pwd.getpwnam("nobody")

@@ -20,9 +20,7 @@ from metadata_proxy import seed
 from metadata_proxy.demo import listing_rows
 from tests.conftest import World
 from tests.support.http import get, request
-from tests.support.processes import JS_DIR, aws, client_env, node, run
-
-ROLE_01_SESSION = re.compile(rf"^arn:aws:sts::{seed.ACCOUNT_A}:assumed-role/role-01/[\w+=,.@-]+$")
+from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, aws, client_env, node, run
 
 
 def test_role_02_alone_is_denied_as_in_the_seed(world: World, tmp_path: Path) -> None:
@@ -52,13 +50,6 @@ def test_aws_cli_lists_the_bucket_through_the_daemon(world: World, url: str, tmp
     assert listing_rows(result.stdout) == seed.EXPECTED_LISTING
 
 
-BOTO3_PROBE = """
-import json, sys, boto3
-session = boto3.Session(region_name="us-east-1")
-credentials = session.get_credentials()
-identity = session.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()
-print(json.dumps({"method": credentials.method, "arn": identity["Arn"]}))
-"""
 
 
 def test_boto3_default_chain_uses_the_instance_role_provider(world: World, url: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -16,8 +17,21 @@ import sys
 import threading
 from pathlib import Path
 
+from metadata_proxy import seed
+
 BIN = Path(sys.executable).parent
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
+# What a client that has role-01 through the daemon sees as its identity.
+ROLE_01_SESSION = re.compile(rf"^arn:aws:sts::{seed.ACCOUNT_A}:assumed-role/role-01/[\w+=,.@-]+$")
+# Prints the credential provider boto3's default chain chose, and the identity STS sees: python -c PROBE URL
+BOTO3_PROBE = """
+import json, sys, boto3
+session = boto3.Session(region_name="us-east-1")
+credentials = session.get_credentials()
+identity = session.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()
+print(json.dumps({"method": credentials.method, "arn": identity["Arn"]}))
+"""
+
 READY_PREFIX = "export AWS_EC2_METADATA_SERVICE_ENDPOINT="
 START_TIMEOUT = 120  # a safety net for a hung start, never an assertion about speed
 
