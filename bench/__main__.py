@@ -25,7 +25,7 @@ from pathlib import Path
 
 from moto.server import ThreadedMotoServer
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.support.faultproxy import FaultProxy
 from tests.support.notify import NotifySocket
 from tests.support.processes import DaemonProcess, client_env
@@ -131,7 +131,7 @@ def memory(world: targets.World, home: Path, checkpoints: list[int], seconds: fl
 def aws_cli(world: targets.World, home: Path, repeats: int) -> dict:
     """`aws s3 ls` through the daemon vs with static keys in the environment (same credentials)."""
     aws = str(Path(sys.executable).parent / "aws")
-    command = [aws, "s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION]
+    command = [aws, "s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", scenario.REGION]
     timings: dict[str, list[float]] = {"through_daemon": [], "static_env": []}
     with targets.product(world, home) as product:
         base = product.url.removesuffix(targets.CREDENTIALS) + "/"
@@ -183,7 +183,7 @@ def main() -> int:
         moto_url = f"http://{host}:{port}"
         proxy = FaultProxy(host, port).start()
         stack.callback(proxy.stop)
-        world = targets.World(moto_url, proxy.url, seed.build_world(moto_url))
+        world = targets.World(moto_url, proxy.url, scenario.build_world(moto_url))
         home = out / "home"
         home.mkdir(exist_ok=True)
         steps = [

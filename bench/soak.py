@@ -37,10 +37,10 @@ import moto.sts.models
 from botocore.utils import InstanceMetadataFetcher
 from moto.server import ThreadedMotoServer
 
-from metadata_proxy import seed
-from metadata_proxy.cache import RefreshPolicy
+from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.server import Daemon
+from metadata_proxy.daemon import Daemon
+from metadata_proxy.refresher import RefreshPolicy
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
 
@@ -149,7 +149,7 @@ class Soak:
                         "Expiration": found["expiry_time"]}, "botocore")
             try:
                 boto3.Session(aws_access_key_id=found["access_key"], aws_secret_access_key=found["secret_key"],
-                              aws_session_token=found["token"], region_name=seed.REGION).client(
+                              aws_session_token=found["token"], region_name=scenario.REGION).client(
                     "sts", endpoint_url=sts_url).get_caller_identity()
             except Exception as error:
                 with self.lock:
@@ -236,10 +236,10 @@ async def soak(smoke: bool) -> dict:
     host, port = server.get_host_and_port()
     moto_url = f"http://{host}:{port}"
     proxy = FaultProxy(host, port).start()
-    os.environ.update(seed.build_world(moto_url).environ(), AWS_EC2_METADATA_DISABLED="true",
+    os.environ.update(scenario.build_world(moto_url).environ(), AWS_EC2_METADATA_DISABLED="true",
                       AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="soak")
-    daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=proxy.url, sts_timeout=1.0),
+    role = RoleConfig(role_arn=scenario.ROLE_01_ARN, port=0, role_session_name="soak")
+    daemon = Daemon(ServeConfig(roles=(role,), region=scenario.REGION, sts_endpoint_url=proxy.url, sts_timeout=1.0),
                     run.clock)
     serving = await daemon.start_in_background()
     run.start = run.clock.now
@@ -266,7 +266,7 @@ async def soak(smoke: bool) -> dict:
                    daemon_hours=round((run.clock.now - run.start) / 3600, 2),
                    refreshes=daemon.metrics.registry.get_sample_value(
                        "metadata_proxy_assume_role_calls_total",
-                       {"role": seed.ROLE_01_ARN, "outcome": "success", "error_code": ""}),
+                       {"role": scenario.ROLE_01_ARN, "outcome": "success", "error_code": ""}),
                    tallies={k: asdict(v) for k, v in run.tallies.items()},
                    events=run.events, assume_role_calls=proxy.calls["AssumeRole"])
     results["passed"] = verdict(results)

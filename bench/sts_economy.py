@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import moto.sts.models
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.server import Daemon
+from metadata_proxy.daemon import Daemon
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
 
@@ -59,8 +59,8 @@ async def assume_role_calls_per_simulated_hour(world: targets.World, proxy: Faul
                       AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     proxy.reset()
     try:
-        role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="bench-hours")
-        daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=world.sts_url), clock)
+        role = RoleConfig(role_arn=scenario.ROLE_01_ARN, port=0, role_session_name="bench-hours")
+        daemon = Daemon(ServeConfig(roles=(role,), region=scenario.REGION, sts_endpoint_url=world.sts_url), clock)
         task = await daemon.start_in_background()
         (state,) = daemon.refresher.states.values()
         start, calls, seen = clock.now, [], proxy.calls["AssumeRole"]
@@ -70,7 +70,7 @@ async def assume_role_calls_per_simulated_hour(world: targets.World, proxy: Faul
             while proxy.calls["AssumeRole"] > seen:
                 seen += 1
                 calls.append(clock.now - start)
-        remaining = [creds.expiration - clock.now for creds in [daemon.cache.get(state.spec)] if creds]
+        remaining = [creds.expiration - clock.now for creds in [daemon.store.get(state.spec)] if creds]
         daemon.request_stop()
         await task
     finally:

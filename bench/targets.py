@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.support.http import get, token
 from tests.support.processes import DaemonProcess, daemon_env
 
@@ -41,11 +41,11 @@ class Target:
 class World:
     moto_url: str
     sts_url: str
-    source: seed.SourceCredentials
+    source: scenario.SourceCredentials
 
 
 def product_args(world: World, port: int, *extra: str) -> list[str]:
-    return ["serve", "--role-arn", seed.ROLE_01_ARN, "--port", str(port), "--region", seed.REGION,
+    return ["serve", "--role-arn", scenario.ROLE_01_ARN, "--port", str(port), "--region", scenario.REGION,
             "--sts-endpoint-url", world.sts_url, "--log-level", "warning", *extra]
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from metadata_proxy.cache import Refresher, RefreshPolicy
 from metadata_proxy.imds import LABEL, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
+from metadata_proxy.refresher import Refresher, RefreshPolicy
 
 STALL = 5.0  # seconds without a heartbeat from the event loop before /healthz says it is stuck
 
@@ -56,7 +56,7 @@ class AdminRoutes:
         now = self._now()
         roles = {}
         for spec, state in list(self._refresher.states.items()):
-            creds = self._refresher.cache.get(spec)
+            creds = self._refresher.store.get(spec)
             entry: dict[str, object] = {"ready": False}
             if creds is not None:
                 floor = self._policy.floor_for(creds.lifetime)

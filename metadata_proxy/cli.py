@@ -9,17 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from metadata_proxy import __version__
-from metadata_proxy.config import (
-    DEFAULT_PORT,
-    ConfigError,
-    ServeConfig,
-    add_serve_arguments,
-    load_serve_config,
-)
+from metadata_proxy.addresses import DEFAULT_PORT, endpoint_url, reachable_host
+from metadata_proxy.config import ServeConfig, load_serve_config
+from metadata_proxy.errors import EXIT_USAGE, ConfigError
 from metadata_proxy.logs import setup_logging
+from metadata_proxy.options import add_serve_arguments
 from metadata_proxy.values import parse_account, parse_bucket, parse_host, parse_name, parse_port
-
-USAGE_ERROR = 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,7 +22,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
+        raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> Parser:
@@ -41,7 +36,7 @@ def build_parser() -> Parser:
     add_serve_arguments(serve)
     demo = commands.add_parser(
         "demo", help="show the cross-account check offline, with moto playing AWS",
-        description="Build the seed scenario's two accounts in moto (offline, IAM enforced), serve role-01 "
+        description="Build the two-account cross-account scenario in moto (offline, IAM enforced), serve role-01 "
                     "with role-02's credentials as source, and show the check: AccessDenied as role-02, the "
                     "bucket listing through metadata-proxy. Then keep serving until Ctrl-C.")
     demo.add_argument("--check", action="store_true", help="exit after the check: 0 if both outcomes were right")
@@ -67,9 +62,9 @@ def build_parser() -> Parser:
                          help="the command and its arguments, after --")
     policies = commands.add_parser(
         "policies", help="print the IAM documents for cross-account access to a bucket",
-        description="Print the seed's IAM documents for your accounts: the trusting role's trust policy and "
-                    "policy-01 (least privilege on the bucket unless --broad), the trusted role's EC2 trust "
-                    "policy and policy-02; with --format cli, the aws iam commands that apply them.")
+        description="Print the IAM documents of cross-account access for your accounts: the trusting role's "
+                    "trust policy and policy-01 (least privilege on the bucket unless --broad), the trusted "
+                    "role's EC2 trust policy and policy-02; with --format cli, the aws iam commands that apply them.")
     policies.add_argument("--trusted-role-arn", required=True, metavar="ARN",
                           help="the role whose credentials the daemon starts from (role-02, the instance's role)")
     policies.add_argument("--bucket", required=True, help="the bucket role-01 may read")
@@ -80,7 +75,7 @@ def build_parser() -> Parser:
     policies.add_argument("--external-id", metavar="ID", default=None,
                           help="require this ExternalId in role-01's trust policy")
     policies.add_argument("--broad", action="store_true",
-                          help="the seed's s3:Get*/s3:List* on * instead of ListBucket + GetObject on the bucket")
+                          help="the broad s3:Get*/s3:List* on * instead of ListBucket + GetObject on the bucket")
     policies.add_argument("--format", choices=("json", "cli"), default="json")
     doctor = commands.add_parser(
         "doctor", help="check a live setup step by step and say what to fix",
@@ -110,7 +105,7 @@ def serve_config(parser: Parser, args: argparse.Namespace) -> ServeConfig:
 def run_serve(parser: Parser, args: argparse.Namespace) -> int:
     config = serve_config(parser, args)
     setup_logging(config.log_level, config.log_format)
-    from metadata_proxy.server import run_daemon  # aiohttp and boto3 load only when they are needed
+    from metadata_proxy.runner import run_daemon  # aiohttp and boto3 load only for the commands that need them
 
     return run_daemon(config, load_config=lambda: load_serve_config(args, os.environ))
 
@@ -184,7 +179,5 @@ COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck
 
 def local_endpoint(environ: os._Environ[str]) -> str:
     """The serve settings' endpoint as seen from this host."""
-    from metadata_proxy.server import endpoint_url, reachable_host
-
     host = parse_host(environ.get("METADATA_PROXY_HOST", "127.0.0.1"))
     return endpoint_url(reachable_host(host), parse_port(environ.get("METADATA_PROXY_PORT", str(DEFAULT_PORT))))

@@ -1,10 +1,9 @@
-"""Settings of `metadata-proxy serve`: one table of options, read from flags, the environment and a TOML file.
+"""Settings of `metadata-proxy serve`, read from flags, the environment and a TOML file (options.py lists them).
 
-Every option is declared once in OPTIONS; its flag (`--role-arn`), variable (`METADATA_PROXY_ROLE_ARN`)
-and config key (`role_arn`) are generated from it, so they cannot drift apart. Precedence: flag, then
-variable, then config file, then default. Values are parsed and validated here, once, and a bad one is a
-ConfigError naming the flag, variable or key: the CLI prints it as one line and exits 2, before anything is
-bound or called.
+Precedence: flag, then variable, then config file, then default. Values are parsed and validated here, once,
+and a bad one is a ConfigError naming the flag, variable or key: the CLI prints it as one line and exits 2,
+before anything is bound or called. The config file must be a regular file of UTF-8 text: anything else (a
+FIFO, a device, a Latin-1 comment) is such an error too, never a blocked read or a traceback.
 
 Options are global (one value for the daemon) or per role. A config file may list several roles as
 `[[role]]` tables, each served on its own IMDS listener; its top-level role keys are then defaults for every
@@ -18,45 +17,24 @@ import ipaddress
 import os
 import re
 import socket
+import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from metadata_proxy.values import (
-    ROLE_ARN_RE,
-    parse_admin_port,
-    parse_availability_zone,
-    parse_bool,
-    parse_duration,
-    parse_event_loop,
-    parse_external_id,
-    parse_hop_limit,
-    parse_host,
-    parse_instance_id,
-    parse_log_format,
-    parse_log_level,
-    parse_name,
-    parse_path,
-    parse_policy_file,
-    parse_port,
-    parse_region,
-    parse_role_arn,
-    parse_session_name,
-    parse_timeout,
-    parse_uid,
-    parse_url,
-    parse_user,
+from metadata_proxy.addresses import DEFAULT_PORT
+from metadata_proxy.errors import ConfigError
+from metadata_proxy.model import role_name_of
+from metadata_proxy.options import (
+    DEFAULT_CONFIG,
+    DEFAULT_DURATION,
+    ENV_PREFIX,
+    OPTIONS,
+    ROLE_TABLE_KEYS,
+    TOP_LEVEL_KEYS,
+    Option,
 )
-
-ENV_PREFIX = "METADATA_PROXY_"
-DEFAULT_PORT = 9254
-DEFAULT_DURATION = 3600
-DEFAULT_CONFIG = "/etc/metadata-proxy/config.toml"
-
-
-class ConfigError(ValueError):
-    """A setting the daemon cannot start with; the message names the setting and says what is accepted."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +52,7 @@ class RoleConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", ROLE_ARN_RE.match(self.role_arn).group(2))  # type: ignore[union-attr]
+            object.__setattr__(self, "name", role_name_of(self.role_arn))
         if not self.role_session_name:
             object.__setattr__(self, "role_session_name", default_session_name())
 
@@ -107,105 +85,29 @@ class ServeConfig:
         return uids or None
 
 
-@dataclass(frozen=True)
-class Option:
-    name: str  # the flag without dashes; the field, config key and env variable are derived from it
-    parse: Callable[[str], Any]
-    help: str
-    metavar: str | None = None  # None: a boolean switch
-    role: bool = False  # per role (a [[role]] key) rather than global
-    kind: type = str  # the TOML type the config key takes
-    multiple: bool = False  # repeatable flag, comma-separated variable, TOML list
-    is_path: bool = False  # relative paths in the config file are relative to the file
-
-    @property
-    def field(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.field.upper()
-
-    @property
-    def toml_type(self) -> type:
-        return bool if self.metavar is None else self.kind
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("role-arn", parse_role_arn, "ARN of the role to assume and serve (required)", "ARN", role=True),
-    Option("name", parse_name, "the role's name in logs, container-credentials path and token file "
-           "(default: the last part of the role ARN)", "NAME", role=True),
-    Option("host", parse_host, "address to listen on (default 127.0.0.1)", "ADDR"),
-    Option("port", parse_port, f"TCP port to listen on (default {DEFAULT_PORT}; 0 picks a free one)", "PORT",
-           role=True, kind=int),
-    Option("role-session-name", parse_session_name,
-           "session name for AssumeRole (default metadata-proxy-<hostname>), shown in CloudTrail", "NAME",
-           role=True),
-    Option("external-id", parse_external_id, "ExternalId that the role's trust policy requires", "ID", role=True),
-    Option("duration-seconds", parse_duration,
-           f"session length to ask STS for, 900..43200 (default {DEFAULT_DURATION})", "SECONDS", role=True, kind=int),
-    Option("session-policy", parse_policy_file,
-           "JSON policy file that scopes the role down for this daemon's sessions", "FILE", role=True, is_path=True),
-    Option("region", parse_region,
-           "region for STS and the instance identity (default: the source profile's, else us-east-1)", "REGION"),
-    Option("sts-endpoint-url", parse_url, "STS endpoint, e.g. a VPC endpoint (default: the region's)", "URL"),
-    Option("sts-timeout", parse_timeout, "seconds to wait for STS to connect and answer (default 10)", "SECONDS",
-           kind=float),
-    Option("allow-imdsv1", parse_bool, "serve GETs without an IMDSv2 token (default: tokens required)"),
-    Option("allow-non-loopback", parse_bool,
-           "allow --host to be a non-loopback address (anyone who reaches it gets the role)"),
-    Option("container-credentials", parse_bool,
-           "also serve the container-credentials protocol (AWS_CONTAINER_CREDENTIALS_FULL_URI)"),
-    Option("container-token-file", parse_path,
-           "file holding the container endpoint's token: read if it exists, else created (mode 0600)", "PATH",
-           role=True, is_path=True),
-    Option("instance-id", parse_instance_id, "instance id to report (default derived from the host name)", "ID"),
-    Option("availability-zone", parse_availability_zone,
-           "availability zone to report (default <region>a)", "AZ"),
-    Option("allow-uid", parse_uid, "only this local uid may get tokens and credentials", "UID", kind=int,
-           multiple=True),
-    Option("allow-user", parse_user, "only this local user may get tokens and credentials", "USER", multiple=True),
-    Option("hop-limit", parse_hop_limit, "IP TTL / IPv6 hop limit of the listeners' packets (IMDS uses 1)", "N",
-           kind=int),
-    Option("admin-port", parse_admin_port,
-           "loopback port for /metrics, /healthz and /readyz (default: no admin listener)", "PORT", kind=int),
-    Option("event-loop", parse_event_loop,
-           "auto (uvloop if installed), asyncio or uvloop: see docs/performance.md", "LOOP"),
-    Option("log-level", parse_log_level, "debug, info, warning or error (default info)", "LEVEL"),
-    Option("log-format", parse_log_format, "text or json (one JSON object a line, for journald/CloudWatch)",
-           "FORMAT"),
-)
-ROLE_TABLE_KEYS = frozenset(o.field for o in OPTIONS if o.role)
-TOP_LEVEL_KEYS = frozenset({"role"} | {o.field for o in OPTIONS})
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declares every option as a flag whose default is None, so 'not given' can fall back to env and file."""
-    parser.add_argument("--config", metavar="PATH", default=None,
-                        help=f"TOML config file (default {DEFAULT_CONFIG} if it exists) [env {ENV_PREFIX}CONFIG]")
-    for option in OPTIONS:
-        help_text = f"{option.help} [env {option.env}]"
-        if option.metavar is None:
-            parser.add_argument(option.flag, dest=option.field, action="store_const", const="true",
-                                default=None, help=help_text)
-        elif option.multiple:
-            parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, action="append",
-                                default=None, help=help_text + " (repeatable; the variable is comma-separated)")
-        else:
-            parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, default=None,
-                                help=help_text)
+MAX_CONFIG_SIZE = 1 << 20  # a config file is a few lines; refuse to slurp something else
 
 
 def read_config_file(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below, as not a regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"cannot read config file {path}: not a regular file")
+            raw = file.read(MAX_CONFIG_SIZE + 1)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise ConfigError(f"cannot read config file {path}: larger than {MAX_CONFIG_SIZE} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); TOML files "
+                          "must be UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 

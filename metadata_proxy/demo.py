@@ -1,4 +1,4 @@
-"""`metadata-proxy demo`: the seed's check, offline. moto plays both AWS accounts (IAM enforcement on), the
+"""`metadata-proxy demo`: the cross-account check, offline. moto plays both AWS accounts (IAM enforcement on), the
 daemon serves role-01 with role-02's credentials as its source, and the real AWS CLI (or boto3) shows the
 two outcomes: AccessDenied as role-02, the bucket listing through the daemon. Then it keeps serving so the
 user can try their own commands, until Ctrl-C.
@@ -89,10 +89,10 @@ async def demo(port: int, check_only: bool) -> int:
     try:
         from moto.server import ThreadedMotoServer
 
-        from metadata_proxy import seed
+        from metadata_proxy import scenario
     except ImportError:
         raise DemoUnavailable(f"the demo needs moto to play AWS offline: {DEMO_INSTALL}") from None
-    from metadata_proxy.server import Daemon
+    from metadata_proxy.daemon import Daemon
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines would bury the output
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -100,14 +100,14 @@ async def demo(port: int, check_only: bool) -> int:
     try:
         host, moto_port = moto.get_host_and_port()
         moto_url = f"http://{host}:{moto_port}"
-        source = await asyncio.to_thread(seed.build_world, moto_url)
-        say(f"AWS is played by moto on {moto_url}: account {seed.ACCOUNT_A} owns bucket foobar and role-01,")
-        say(f"account {seed.ACCOUNT_B} owns role-02 (the instance's role), IAM policies enforced.")
+        source = await asyncio.to_thread(scenario.build_world, moto_url)
+        say(f"AWS is played by moto on {moto_url}: account {scenario.ACCOUNT_A} owns bucket foobar and role-01,")
+        say(f"account {scenario.ACCOUNT_B} owns role-02 (the instance's role), IAM policies enforced.")
         # The daemon's source identity is role-02, as the instance profile would give it on EC2.
         os.environ.update(source.environ(), AWS_EC2_METADATA_DISABLED="true",
                           AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-        role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=port, role_session_name="metadata-proxy-demo")
-        daemon = Daemon(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=moto_url))
+        role = RoleConfig(role_arn=scenario.ROLE_01_ARN, port=port, role_session_name="metadata-proxy-demo")
+        daemon = Daemon(ServeConfig(roles=(role,), region=scenario.REGION, sts_endpoint_url=moto_url))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, daemon.request_stop)
@@ -126,8 +126,8 @@ async def demo(port: int, check_only: bool) -> int:
         say(indent(allowed.output))
 
         passed = (denied.returncode != 0 and "AccessDenied" in denied.output
-                  and allowed.returncode == 0 and listing_rows(allowed.output) == seed.EXPECTED_LISTING)
-        say(f"\nCheck {'passed' if passed else 'FAILED'}: AccessDenied without the proxy, the seed's listing with it.")
+                  and allowed.returncode == 0 and listing_rows(allowed.output) == scenario.EXPECTED_LISTING)
+        say(f"\nCheck {'passed' if passed else 'FAILED'}: AccessDenied without the proxy, the bucket listing with it.")
         if not check_only:
             say("\nTry your own commands in another terminal (Ctrl-C here to stop):")
             say(f"  export AWS_EC2_METADATA_SERVICE_ENDPOINT={url}")
@@ -142,7 +142,7 @@ async def demo(port: int, check_only: bool) -> int:
 
 
 def run_demo(port: int, check_only: bool) -> int:
-    from metadata_proxy.server import StartupError
+    from metadata_proxy.errors import StartupError
 
     try:
         return asyncio.run(demo(port, check_only))

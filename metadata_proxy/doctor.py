@@ -3,24 +3,24 @@
 Steps: the source identity (GetCallerIdentity), AssumeRole of each configured role, the assumed identity,
 optionally ListObjectsV2 on a bucket with it, and, if a daemon is listening where the configuration says,
 that it serves the same identity. Each failure shows STS's or S3's error code and the fix in terms of the
-seed's three points: role-01's trust policy (1), policy-01 (2), policy-02 of the source role (3).
+cross-account access's three points: role-01's trust policy (1), policy-01 (2), policy-02 of the source role (3).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
+from metadata_proxy.addresses import endpoint_url, reachable_host
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.credentials import AssumeRoleClient, RoleSpec, StsError, format_time
 from metadata_proxy.healthcheck import fetch_credentials
-from metadata_proxy.server import endpoint_url, reachable_host
+from metadata_proxy.model import RoleSpec, format_time, region_of, role_of_assumed
 from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, source_session
+from metadata_proxy.sts import AssumeRoleClient, StsError
 
 ONE_TRY = botocore.config.Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=5,
                                  read_timeout=10)
@@ -35,9 +35,8 @@ class Step:
 
 
 def role_of(arn: str) -> str:
-    """arn:aws:sts::B:assumed-role/role-02/session -> arn:aws:iam::B:role/role-02 (what policies name)."""
-    match = re.match(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/", arn)
-    return f"arn:{match.group(1)}:iam::{match.group(2)}:role/{match.group(3)}" if match else arn
+    """The role an assumed-role ARN acts as (what policies name); any other ARN as it is."""
+    return role_of_assumed(arn) or arn
 
 
 def error_code(error: Exception) -> tuple[str, str]:
@@ -87,7 +86,7 @@ class Doctor:
             drop_self_pointing(os.environ, self.config.host, role.port)
         try:
             session = source_session()
-            region = self.config.region or session.region_name or "us-east-1"
+            region = region_of(self.config.region, session.region_name)
             sts = session.client("sts", region_name=region, endpoint_url=self.config.sts_endpoint_url,
                                  config=ONE_TRY)
             source_arn = sts.get_caller_identity()["Arn"]
@@ -105,9 +104,7 @@ class Doctor:
         return all(step.result != "FAIL" for step in self.steps)
 
     def check_role(self, session: boto3.Session, region: str, source_arn: str, role: RoleConfig) -> None:
-        spec = RoleSpec(role_arn=role.role_arn, session_name=role.role_session_name, external_id=role.external_id,
-                        duration_seconds=role.duration_seconds, policy=role.session_policy,
-                        sts_endpoint_url=self.config.sts_endpoint_url, region=region)
+        spec = RoleSpec.of(role, self.config.sts_endpoint_url, region)
         try:
             creds = AssumeRoleClient(session).assume(spec)
         except StsError as error:

@@ -1,4 +1,4 @@
-"""`metadata-proxy exec -- COMMAND`: the seed's "assume role-01 and run a command" helper, done better.
+"""`metadata-proxy exec -- COMMAND`: the usual "assume role-01 and run a command" helper, done better.
 
 Instead of static keys in the child's environment (which die with the session, an hour at most with role
 chaining), the child gets a private loopback container-credentials endpoint with a one-off token: its SDK
@@ -13,34 +13,37 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import boto3
 
-from metadata_proxy.cache import Clock
-from metadata_proxy.config import ConfigError, RoleConfig, ServeConfig
-from metadata_proxy.credentials import AssumeRoleClient, RoleSpec, StsError, format_time
-from metadata_proxy.listeners import Listener, StartupError
-from metadata_proxy.server import Daemon
+from metadata_proxy.clock import Clock
+from metadata_proxy.config import RoleConfig, ServeConfig
+from metadata_proxy.daemon import Daemon
+from metadata_proxy.errors import ConfigError, PermanentStartupError, StartupError, report
+from metadata_proxy.listeners import Listener
+from metadata_proxy.model import RoleSpec, format_time, region_of
+from metadata_proxy.notify import Notifier
 from metadata_proxy.source import NoSourceCredentials, source_session
+from metadata_proxy.sts import AssumeRoleClient, StsError
 
-# Variables that would win over the container provider in some SDK's chain, or point it elsewhere.
+# Variables that would win over the container provider in some SDK's chain, or point it elsewhere; and
+# systemd's, which belong to the service that ran us, not to the command.
 SHADOWING = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
              "AWS_CREDENTIAL_EXPIRATION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
              "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-             "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+             "AWS_CONTAINER_AUTHORIZATION_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 class CommandNotStarted(StartupError):
-    """The command could not be run; exit_code is what a shell would report (127 not found, 126 not executable)."""
+    """The command could not be run; exit_status is what a shell reports (127 not found, 126 not executable)."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_status: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_status = exit_status
 
 
 def only_role(config: ServeConfig) -> RoleConfig:
@@ -76,7 +79,11 @@ async def run_exec(config: ServeConfig, command: Sequence[str], clock: Clock | N
     private = tempfile.mkdtemp(prefix="metadata-proxy-exec-")  # 0700, and removed at the end
     try:
         role = replace(role, port=0, container_token_file=os.path.join(private, "token"))
-        daemon = Daemon(replace(config, roles=(role,), host="127.0.0.1", container_credentials=True), clock)
+        # The role's settings only: none of a service's listeners (admin port, allow-list, hop limit) nor its
+        # systemd plumbing, so exec works next to the running service with the same configuration file.
+        private_config = replace(config, roles=(role,), host="127.0.0.1", container_credentials=True,
+                                 admin_port=None, hop_limit=None, allow_uid=(os.geteuid(),), allow_user=())
+        daemon = Daemon(private_config, clock, notifier=Notifier({}))
         serving = await daemon.start_in_background()
         try:
             return await _run_child(daemon, command, started)
@@ -120,14 +127,12 @@ def print_env(config: ServeConfig) -> int:
         session: boto3.Session = source_session()
     except NoSourceCredentials as error:
         raise StartupError(str(error)) from None
-    region = config.region or session.region_name or "us-east-1"
-    spec = RoleSpec(role_arn=role.role_arn, session_name=role.role_session_name, external_id=role.external_id,
-                    duration_seconds=role.duration_seconds, policy=role.session_policy,
-                    sts_endpoint_url=config.sts_endpoint_url, region=region)
+    region = region_of(config.region, session.region_name)
+    spec = RoleSpec.of(role, config.sts_endpoint_url, region)
     try:
         creds = AssumeRoleClient(session).assume(spec)
     except StsError as error:
-        raise StartupError(f"AssumeRole of {error.role_arn} failed: {error}; {error.hint}") from None
+        raise PermanentStartupError(f"AssumeRole of {error.role_arn} failed: {error}; {error.hint}") from None
     print(f"export AWS_ACCESS_KEY_ID={creds.access_key_id}")
     print(f"export AWS_SECRET_ACCESS_KEY={creds.secret_access_key}")
     print(f"export AWS_SESSION_TOKEN={creds.session_token}")
@@ -143,9 +148,5 @@ def exec_main(config: ServeConfig, command: Sequence[str], env_only: bool) -> in
         if env_only:
             return print_env(config)
         return asyncio.run(run_exec(config, command))
-    except ConfigError as error:
-        print(f"metadata-proxy: error: {error}", file=sys.stderr)
-        return 2
-    except StartupError as error:
-        print(f"metadata-proxy: error: {error}", file=sys.stderr)
-        return getattr(error, "exit_code", 1)
+    except (ConfigError, StartupError) as error:
+        return report(error)

@@ -5,8 +5,9 @@ collapse (Java sends `//latest/...`) and a trailing `/` is optional. Nothing is 
 and friends match no route and get 404, like every path not served here: nothing is ever proxied to the
 real IMDS (user-data often holds secrets; peers.md "credential path leaks").
 
-Every body but the credential documents is built once at start; the credential documents are rendered once
-per refresh (memoised on the Credentials object), so a request does one dict lookup and one cache read.
+Every body but the credential documents is built once per listener; the credential documents are rendered
+once per refresh (memoised by the store's generation), so a request does one dict lookup and compares a
+counter and a time.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from metadata_proxy.cache import CredentialCache, RoleState
-from metadata_proxy.credentials import Credentials, RoleSpec, format_time
 from metadata_proxy.metrics import Metrics
+from metadata_proxy.model import Credentials, RoleSpec, format_time
+from metadata_proxy.refresher import RoleState
+from metadata_proxy.store import CredentialStore, usable_until
 from metadata_proxy.tokens import TokenAuthority, parse_ttl
 
 TOKEN_PATH = "/latest/api/token"
@@ -110,8 +112,8 @@ def error_document(state: RoleState, now: float) -> bytes:
 
 @dataclass(frozen=True)
 class Rendered:
-    generation: int  # of the cache it was rendered from
-    until: float  # when the cache would stop handing out these credentials
+    generation: int  # of the store it was rendered from
+    until: float  # when the store would stop handing out these credentials
     legacy: bytes
     extended: bytes
 
@@ -123,13 +125,13 @@ def listing(*items: str) -> bytes:
 class ImdsRoutes:
     """The request handler of one IMDS listener, which serves exactly one role (as EC2 does)."""
 
-    def __init__(self, spec: RoleSpec, state: RoleState, cache: CredentialCache, tokens: TokenAuthority,
+    def __init__(self, spec: RoleSpec, state: RoleState, store: CredentialStore, tokens: TokenAuthority,
                  identity: InstanceIdentity, metrics: Metrics, *, require_token: bool,
                  now: Callable[[], float]) -> None:
         self._spec = spec
         self._metrics = metrics
         self._state = state
-        self._cache = cache
+        self._store = store
         self._tokens = tokens
         self._require_token = require_token
         self._now = now
@@ -164,14 +166,14 @@ class ImdsRoutes:
                                                            lambda: self._credentials(extended=True))
 
     def _credentials(self, *, extended: bool) -> bytes:
-        """Both documents are rendered once per refresh; until the cache changes or they reach the cache's
+        """Both documents are rendered once per refresh; until the store changes or they reach the store's
         cut-off, a request only compares a counter and a time."""
         rendered = self._rendered
-        if rendered is None or rendered.generation != self._cache.generation or self._now() >= rendered.until:
-            creds = self._cache.get(self._spec)
+        if rendered is None or rendered.generation != self._store.generation or self._now() >= rendered.until:
+            creds = self._store.get(self._spec)
             if creds is None:
                 return error_document(self._state, self._now())
-            rendered = self._rendered = Rendered(self._cache.generation, CredentialCache.usable_until(creds),
+            rendered = self._rendered = Rendered(self._store.generation, usable_until(creds),
                                                  credentials_document(creds, extended=False),
                                                  credentials_document(creds, extended=True))
         return rendered.extended if extended else rendered.legacy

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from metadata_proxy.cache import Refresher, RoleState
+from metadata_proxy.refresher import Refresher, RoleState
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -28,7 +28,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.refused = Counter("metadata_proxy_requests_refused",
-                               "Requests refused, by reason (token, host, method)", ["reason"], registry=r)
+                               "Requests refused, by reason (host, uid, token, method)", ["reason"], registry=r)
         self.tokens_issued = Counter("metadata_proxy_imds_tokens_issued", "IMDSv2 tokens issued", registry=r)
         self.tokens_rejected = Counter("metadata_proxy_imds_tokens_rejected",
                                        "IMDSv2 tokens presented that were invalid or expired", registry=r)
@@ -104,7 +104,7 @@ class RefresherCollector(Collector):
                                  "Unix time of the last successful AssumeRole, by role", labels=["role"])
         now = self._now()
         for spec, state in list(self._refresher.states.items()):
-            creds = self._refresher.cache.get(spec)
+            creds = self._refresher.store.get(spec)
             if creds is not None:
                 remaining.add_metric([spec.role_arn], creds.expiration - now)
             if state.last_success is not None:

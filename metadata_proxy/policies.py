@@ -1,7 +1,7 @@
-"""The IAM documents of cross-account access (the seed's three points), for the user's own accounts.
+"""The IAM documents of cross-account access (its three points), for the user's own accounts.
 
 1. role-01's trust policy (trusting account) names the trusted role as Principal;
-2. policy-01 gives role-01 what it may do on the bucket (least privilege by default, the seed's broad
+2. policy-01 gives role-01 what it may do on the bucket (least privilege by default, the broad
    s3:Get*/s3:List* with --broad);
 3. policy-02 lets the trusted role (role-02, the EC2 instance's role) assume role-01.
 `metadata-proxy policies` prints them as JSON, or as the `aws iam` commands that create them; the offline
@@ -47,7 +47,7 @@ class CrossAccountSetup:
         return {"Version": "2012-10-17", "Statement": [statement]}
 
     def trusting_role_policy(self) -> Document:
-        """policy-01: the seed's broad read-only shape, or just listing the bucket and reading its objects."""
+        """policy-01: the broad read-only shape, or just listing the bucket and reading its objects."""
         if self.broad:
             return {"Version": "2012-10-17",
                     "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from urllib.parse import urlsplit
 
 import boto3
@@ -74,3 +74,13 @@ def source_session() -> boto3.Session:
             "no source credentials found: run on EC2 with an instance profile, or give the daemon AWS_PROFILE "
             "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     return session
+
+
+def proxy_hint(environ: Mapping[str, str]) -> str | None:
+    """botocore sends IMDS requests through HTTP_PROXY unless NO_PROXY matches (contract §1.2)."""
+    proxied = any(environ.get(name) for name in ("HTTP_PROXY", "http_proxy"))
+    no_proxy = environ.get("NO_PROXY", "") + "," + environ.get("no_proxy", "")
+    if proxied and "127.0.0.1" not in no_proxy:
+        return "HTTP_PROXY is set: clients also need NO_PROXY=127.0.0.1,localhost or botocore sends IMDS " \
+               "requests to the proxy"
+    return None

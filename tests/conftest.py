@@ -15,9 +15,9 @@ import moto.sts.models
 import pytest
 from moto.server import ThreadedMotoServer
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.server import Daemon
+from metadata_proxy.daemon import Daemon
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import DaemonProcess, daemon_env
@@ -28,7 +28,7 @@ class World:
     moto_url: str  # S3 and IAM for the clients
     sts_url: str  # the fault proxy in front of moto, where the daemon sends AssumeRole
     proxy: FaultProxy
-    source: seed.SourceCredentials
+    source: scenario.SourceCredentials
 
 
 @pytest.fixture(autouse=True)
@@ -64,26 +64,26 @@ def session_proxy(moto_url: str) -> Iterator[FaultProxy]:
 
 @pytest.fixture(scope="session")
 def session_world(moto_url: str, session_proxy: FaultProxy) -> World:
-    return World(moto_url, session_proxy.url, session_proxy, seed.build_world(moto_url))
+    return World(moto_url, session_proxy.url, session_proxy, scenario.build_world(moto_url))
 
 
-ROLE_04_ARN = f"arn:aws:iam::{seed.ACCOUNT_A}:role/role-04"
+ROLE_04_ARN = f"arn:aws:iam::{scenario.ACCOUNT_A}:role/role-04"
 
 
 @pytest.fixture(scope="session")
 def role_04(session_world: World) -> str:
     """A second role in account A that role-02 may assume, for the several-roles tests."""
     url = session_world.moto_url
-    seed.set_enforcement(url, False)
-    iam_a = seed.session_in(url, seed.ACCOUNT_A).client("iam", endpoint_url=url)
-    setup = replace(seed.SEED, trusting_role_name="role-04")
+    scenario.set_enforcement(url, False)
+    iam_a = scenario.session_in(url, scenario.ACCOUNT_A).client("iam", endpoint_url=url)
+    setup = replace(scenario.SETUP, trusting_role_name="role-04")
     iam_a.create_role(RoleName="role-04", AssumeRolePolicyDocument=json.dumps(setup.trusting_role_trust_policy()))
     iam_a.put_role_policy(RoleName="role-04", PolicyName="policy-04",
                           PolicyDocument=json.dumps(setup.trusting_role_policy()))
-    iam_b = seed.session_in(url, seed.ACCOUNT_B).client("iam", endpoint_url=url)
+    iam_b = scenario.session_in(url, scenario.ACCOUNT_B).client("iam", endpoint_url=url)
     iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02b",
                           PolicyDocument=json.dumps(setup.trusted_role_policy()))
-    seed.set_enforcement(url, True)
+    scenario.set_enforcement(url, True)
     return ROLE_04_ARN
 
 
@@ -96,13 +96,13 @@ def world(session_world: World) -> Iterator[World]:
 
 
 def launch(world: World, home: Path, *args: str, env: dict[str, str] | None = None, source: bool = True,
-           role_arn: str | None = seed.ROLE_01_ARN) -> DaemonProcess:
+           role_arn: str | None = scenario.ROLE_01_ARN) -> DaemonProcess:
     """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False).
     role_arn=None leaves the role (and port) to a --config file in args."""
     environment = daemon_env(home, **(world.source.environ() if source else {}))
     environment.update(env or {})
     role = ["--role-arn", role_arn, "--port", "0"] if role_arn else []
-    return DaemonProcess(["serve", *role, "--region", seed.REGION, "--sts-endpoint-url", world.sts_url, *args],
+    return DaemonProcess(["serve", *role, "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, *args],
                          environment)
 
 
@@ -158,8 +158,9 @@ def in_process_daemon(world: World, clock: FakeClock, monkeypatch: pytest.Monkey
 
     @contextlib.asynccontextmanager
     async def run(**overrides) -> AsyncIterator[Daemon]:
-        role = RoleConfig(role_arn=seed.ROLE_01_ARN, port=0, role_session_name="test-session")
-        config = replace(ServeConfig(roles=(role,), region=seed.REGION, sts_endpoint_url=world.sts_url), **overrides)
+        role = RoleConfig(role_arn=scenario.ROLE_01_ARN, port=0, role_session_name="test-session")
+        config = replace(ServeConfig(roles=(role,), region=scenario.REGION, sts_endpoint_url=world.sts_url),
+                         **overrides)
         daemon = Daemon(config, clock)
         task = await daemon.start_in_background()
         try:

@@ -17,12 +17,15 @@ with atheris.instrument_imports():
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
 
-    from metadata_proxy.cache import CredentialCache, RoleState
-    from metadata_proxy.container import ContainerRoutes, container_path
-    from metadata_proxy.credentials import Credentials, RoleSpec
+    from metadata_proxy.addresses import container_path
+    from metadata_proxy.container import ContainerRoutes
+    from metadata_proxy.gate import HostCheck, guarded
     from metadata_proxy.imds import ImdsRoutes, InstanceIdentity
-    from metadata_proxy.listeners import HostCheck, guarded, with_container_route
     from metadata_proxy.metrics import Metrics
+    from metadata_proxy.model import Credentials, RoleSpec
+    from metadata_proxy.refresher import RoleState
+    from metadata_proxy.routes import with_container_route
+    from metadata_proxy.store import CredentialStore
     from metadata_proxy.tokens import TokenAuthority
 
 
@@ -34,7 +37,7 @@ class Clock:
 SECRET = "fuzz-secret-access-key-0123456789"
 SPEC = RoleSpec(role_arn="arn:aws:iam::111111110001:role/role-01", session_name="fuzz")
 CLOCK = Clock()
-CACHE = CredentialCache(CLOCK)
+CACHE = CredentialStore(CLOCK)
 CACHE.put(SPEC, Credentials("ASIAFUZZ", SECRET, "fuzz-session-token", time.time() + 3600, time.time(),
                             "arn:aws:sts::111111110001:assumed-role/role-01/fuzz"))
 TOKENS = TokenAuthority(CLOCK.time)

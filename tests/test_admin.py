@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metadata_proxy import seed
-from metadata_proxy.config import ConfigError
+from metadata_proxy import scenario
+from metadata_proxy.errors import ConfigError
 from tests.conftest import World, launch
 from tests.support.fakeclock import FakeClock
 from tests.support.http import get, request, token
+from tests.support.net import free_port
 from tests.support.processes import DaemonProcess
-from tests.test_server import free_port
 
 CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
@@ -56,7 +56,7 @@ def test_metrics_move_as_clients_use_the_daemon(daemon: tuple[DaemonProcess, str
     assert get(url, CREDS, tok, headers={"Host": "evil.example"}).status == 403
     assert request(url, "DELETE", CREDS, {"X-aws-ec2-metadata-token": tok}).status == 405
     after = scrape(admin)
-    role = seed.ROLE_01_ARN
+    role = scenario.ROLE_01_ARN
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -82,7 +82,7 @@ def test_health_and_readiness(daemon: tuple[DaemonProcess, str]) -> None:
     ready = get(admin, "/readyz")
     assert ready.status == 200
     body = json.loads(ready.body)
-    assert body["ready"] is True and body["roles"][seed.ROLE_01_ARN]["expires_in"] > 1800
+    assert body["ready"] is True and body["roles"][scenario.ROLE_01_ARN]["expires_in"] > 1800
     assert get(admin, "/latest/meta-data/iam/security-credentials/").status == 404  # no credentials here
     assert request(admin, "POST", "/metrics").status == 405
     assert get(admin, "/metrics", headers={"Host": "evil.example"}).status == 403
@@ -92,7 +92,7 @@ def test_admin_port_must_differ_from_the_role_ports() -> None:
     from metadata_proxy.cli import build_parser
     from metadata_proxy.config import load_serve_config
 
-    args = build_parser().parse_args(["serve", "--role-arn", seed.ROLE_01_ARN, "--port", "9300",
+    args = build_parser().parse_args(["serve", "--role-arn", scenario.ROLE_01_ARN, "--port", "9300",
                                       "--admin-port", "9300"])
     with pytest.raises(ConfigError, match="admin listener"):
         load_serve_config(args, {})
@@ -106,16 +106,16 @@ async def test_sts_failures_show_in_metrics_and_readiness(in_process_daemon, clo
         admin = f"http://127.0.0.1:{port}/"
         world.proxy.outage("AssumeRole", "throttle")
         (state,) = daemon.refresher.states.values()
-        creds = daemon.cache.get(state.spec)
+        creds = daemon.store.get(state.spec)
         while clock.now < creds.expiration - 1700:
             clock.advance_to(state.next_attempt)
             await daemon.refresher.wait_for(lambda: state.next_attempt > clock.now)
         samples = await asyncio.to_thread(scrape, admin)
-        failures = value(samples, "metadata_proxy_assume_role_calls_total", role=seed.ROLE_01_ARN,
+        failures = value(samples, "metadata_proxy_assume_role_calls_total", role=scenario.ROLE_01_ARN,
                          outcome="failure", error_code="Throttling")
         assert failures == state.attempts - 1 >= 1
         readiness = await asyncio.to_thread(get, admin, "/readyz")
         assert readiness.status == 503
-        entry = json.loads(readiness.body)["roles"][seed.ROLE_01_ARN]
+        entry = json.loads(readiness.body)["roles"][scenario.ROLE_01_ARN]
         assert entry["ready"] is False and entry["last_error"] == "Throttling" and entry["expires_in"] < 1800
         assert (await asyncio.to_thread(get, admin, "/healthz")).status == 200

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from metadata_proxy.cli import build_parser
-from metadata_proxy.config import OPTIONS, ConfigError, ServeConfig, default_session_name, load_serve_config
+from metadata_proxy.config import ServeConfig, default_session_name, load_serve_config
+from metadata_proxy.errors import ConfigError
+from metadata_proxy.options import OPTIONS
 from metadata_proxy.values import SESSION_NAME_RE as STS_SESSION_NAME
 
 ARN = "arn:aws:iam::111111110001:role/role-01"

@@ -12,42 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
-from metadata_proxy.config import ConfigError
-from metadata_proxy.container import check_token, load_or_create_token
+from metadata_proxy import scenario
 from metadata_proxy.demo import listing_rows
 from tests.conftest import World, launch
 from tests.support.http import request
 from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node
 
 CONTAINER_VARS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-
-
-# --- the token file ---
-
-def test_created_token_file_is_0600_without_newline(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "role.token"
-    token = load_or_create_token(str(path))
-    assert path.read_text() == token and len(token) >= 32
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_or_create_token(str(path)) == token  # kept across restarts: consumers keep working
-
-
-def test_operator_token_is_used_verbatim(tmp_path: Path) -> None:
-    path = tmp_path / "given.token"
-    path.write_text("operator-chosen-token-0123456789")
-    assert load_or_create_token(str(path)) == "operator-chosen-token-0123456789"
-
-
-@pytest.mark.parametrize("content", ["with-a-trailing-newline-123456\n", "short", " padded-token-0123456789 ",
-                                     "line\r\nbreak-0123456789"])
-def test_bad_operator_tokens_are_refused(tmp_path: Path, content: str) -> None:
-    path = tmp_path / "bad.token"
-    path.write_text(content)
-    with pytest.raises(ConfigError):
-        load_or_create_token(str(path))
-    with pytest.raises(ConfigError):
-        check_token(content, "x")
 
 
 # --- the endpoint ---
@@ -91,8 +62,8 @@ def test_credentials_with_the_token(daemon: DaemonProcess, full_uri: str, token_
     assert reply.headers["Content-Type"].startswith("application/json")
     doc = json.loads(reply.body)
     assert set(doc) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId", "RoleArn"}
-    assert doc["Expiration"].endswith("Z") and doc["AccountId"] == seed.ACCOUNT_A
-    assert doc["RoleArn"] == seed.ROLE_01_ARN
+    assert doc["Expiration"].endswith("Z") and doc["AccountId"] == scenario.ACCOUNT_A
+    assert doc["RoleArn"] == scenario.ROLE_01_ARN
 
 
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "wrong-token-0123456789"}, 403),
@@ -152,10 +123,10 @@ def test_boto3_uses_the_container_provider(world: World, container_env, by: str)
 
 @pytest.mark.parametrize("by", ["file", "env"])
 def test_aws_cli_lists_the_bucket(world: World, container_env, by: str) -> None:
-    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION,
+    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", scenario.REGION,
                  env=container_env(by))
     assert result.returncode == 0, result.stderr
-    assert listing_rows(result.stdout) == seed.EXPECTED_LISTING
+    assert listing_rows(result.stdout) == scenario.EXPECTED_LISTING
 
 
 @pytest.mark.parametrize("by", ["file", "env"])
@@ -165,8 +136,8 @@ def test_js_sdk_v3_default_chain(world: World, container_env, by: str) -> None:
         if os.environ.get("CI"):
             pytest.fail("CI must install the JS client: npm ci --prefix tests/js")
         pytest.skip("run `npm ci --prefix tests/js` to include the JavaScript SDK")
-    result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, seed.BUCKET], env=container_env(by),
-                            capture_output=True, text=True, timeout=120, cwd=JS_DIR)
+    result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, scenario.BUCKET],
+                            env=container_env(by), capture_output=True, text=True, timeout=120, cwd=JS_DIR)
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert ROLE_01_SESSION.match(probe["arn"])
@@ -176,6 +147,7 @@ def test_operator_token_file_with_a_newline_stops_the_start(start_daemon, tmp_pa
     """A token file with a newline would break every botocore client (§9): refuse it with one line, exit 2."""
     bad = tmp_path / "bad.token"
     bad.write_text("a-token-with-a-newline-0123\n")
+    bad.chmod(0o600)
     process = start_daemon("--container-credentials", "--container-token-file", str(bad))
     assert process.wait_ready() is None
     assert process.wait() == 2

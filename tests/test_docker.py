@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.conftest import World
 from tests.support.http import request
 from tests.support.processes import DaemonProcess, daemon_env, run
@@ -82,7 +82,7 @@ def test_the_images_install_command_works_in_a_clean_venv(tmp_path: Path) -> Non
 def compose_environment(world: World, tmp_path: Path) -> dict[str, str]:
     """The sidecar's environment as compose would give it, plus what a test has to change: the STS
     endpoint (moto), a free port, and the token directory (the volume) under tmp_path."""
-    variables = {"ROLE_ARN": seed.ROLE_01_ARN, "AWS_REGION": seed.REGION}
+    variables = {"ROLE_ARN": scenario.ROLE_01_ARN, "AWS_REGION": scenario.REGION}
     env = {k: interpolate(str(v), variables) for k, v in COMPOSE["services"]["metadata-proxy"]["environment"].items()}
     image_env = dict(re.findall(r"(\w+)=(\S+)", instructions("ENV")[0]))
     env = {**{k: v for k, v in image_env.items() if k.startswith("METADATA_PROXY_")}, **env}

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.policies import CrossAccountSetup
 from tests.conftest import World
+from tests.support.net import free_port
 from tests.support.processes import DaemonProcess, daemon_env, run
-from tests.test_server import free_port
 
 BROKEN = CrossAccountSetup(trusting_role_name="role-01", trusting_account="333333330001",
                            trusted_role_arn="arn:aws:iam::333333330002:role/role-02", bucket="foobar-doctor")
 
 
-def doctor(world: World, home: Path, source: seed.SourceCredentials, *args: str) -> tuple[int, str]:
-    result = run([sys.executable, "-m", "metadata_proxy", "doctor", "--region", seed.REGION,
+def doctor(world: World, home: Path, source: scenario.SourceCredentials, *args: str) -> tuple[int, str]:
+    result = run([sys.executable, "-m", "metadata_proxy", "doctor", "--region", scenario.REGION,
                   "--sts-endpoint-url", world.sts_url, "--s3-endpoint-url", world.moto_url, *args],
                  daemon_env(home, **source.environ()))
     assert "Traceback" not in result.stderr
@@ -38,7 +38,7 @@ def test_correct_setup_passes_and_checks_the_running_daemon(world: World, tmp_pa
                                                             start_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = start_daemon()
     assert daemon.wait_ready()
-    code, table = doctor(world, tmp_path, world.source, "--role-arn", seed.ROLE_01_ARN, "--bucket", seed.BUCKET,
+    code, table = doctor(world, tmp_path, world.source, "--role-arn", scenario.ROLE_01_ARN, "--bucket", scenario.BUCKET,
                          "--url", daemon.url)
     assert code == 0, table
     assert rows(table) == {"source identity": "ok", "AssumeRole role-01": "ok", "assumed identity": "ok",
@@ -47,32 +47,32 @@ def test_correct_setup_passes_and_checks_the_running_daemon(world: World, tmp_pa
 
 
 def test_no_daemon_is_a_skip_not_a_failure(world: World, tmp_path: Path) -> None:
-    code, table = doctor(world, tmp_path, world.source, "--role-arn", seed.ROLE_01_ARN, "--port", str(free_port()))
+    code, table = doctor(world, tmp_path, world.source, "--role-arn", scenario.ROLE_01_ARN, "--port", str(free_port()))
     assert code == 0, table
     assert "skip" in table and "no daemon is listening there" in table
 
 
 @pytest.fixture(scope="module")
-def broken_world(session_world: World) -> Iterator[seed.SourceCredentials]:
+def broken_world(session_world: World) -> Iterator[scenario.SourceCredentials]:
     """The seed's setup again in two other accounts, so that its policies can be removed one at a time."""
-    seed.set_enforcement(session_world.moto_url, False)
+    scenario.set_enforcement(session_world.moto_url, False)
     try:
-        source = seed.build_accounts(session_world.moto_url, BROKEN)
+        source = scenario.build_accounts(session_world.moto_url, BROKEN)
     finally:
-        seed.set_enforcement(session_world.moto_url, True)
+        scenario.set_enforcement(session_world.moto_url, True)
     yield source
 
 
 def set_policy(world: World, account: str, role: str, name: str, document: dict | None) -> None:
-    seed.set_enforcement(world.moto_url, False)
+    scenario.set_enforcement(world.moto_url, False)
     try:
-        iam = seed.session_in(world.moto_url, account).client("iam", endpoint_url=world.moto_url)
+        iam = scenario.session_in(world.moto_url, account).client("iam", endpoint_url=world.moto_url)
         if document is None:
             iam.delete_role_policy(RoleName=role, PolicyName=name)
         else:
             iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
     finally:
-        seed.set_enforcement(world.moto_url, True)
+        scenario.set_enforcement(world.moto_url, True)
 
 
 @pytest.mark.parametrize(("account", "role", "policy", "failed_step", "passed_steps", "expected"), [
@@ -81,7 +81,7 @@ def set_policy(world: World, account: str, role: str, name: str, document: dict 
     ("333333330001", "role-01", "policy-01", "ListObjectsV2 s3://foobar-doctor",
      ["source identity", "AssumeRole role-01", "assumed identity"], ["AccessDenied", "point 2", "s3:ListBucket"]),
 ])
-def test_a_missing_policy_is_named_with_its_fix(world: World, tmp_path: Path, broken_world: seed.SourceCredentials,
+def test_a_missing_policy_is_named_with_its_fix(world: World, tmp_path: Path, broken_world: scenario.SourceCredentials,
                                                 account: str, role: str, policy: str, failed_step: str,
                                                 passed_steps: list[str], expected: list[str]) -> None:
     """Without policy-02: AccessDenied on AssumeRole, fix points 1 and 3. Without policy-01: the S3 denial,
@@ -102,7 +102,7 @@ def test_a_missing_policy_is_named_with_its_fix(world: World, tmp_path: Path, br
 
 
 def test_a_daemon_serving_another_role_fails_the_last_step(world: World, tmp_path: Path,
-                                                           broken_world: seed.SourceCredentials,
+                                                           broken_world: scenario.SourceCredentials,
                                                            start_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = start_daemon()  # serves the seed world's role-01, account 111111110001
     assert daemon.wait_ready()

@@ -4,29 +4,28 @@ status and signals pass through."""
 from __future__ import annotations
 
 import asyncio
-import calendar
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig, ServeConfig
+from metadata_proxy.daemon import Daemon
 from metadata_proxy.exec import run_exec
-from metadata_proxy.server import Daemon
 from tests.conftest import World
 from tests.support.fakeclock import FakeClock
+from tests.support.net import parse_time
 from tests.support.processes import BIN, ROLE_01_SESSION, START_TIMEOUT, daemon_env, run
 
 
 def exec_args(world: World, *rest: str) -> list[str]:
-    return [sys.executable, "-m", "metadata_proxy", "exec", "--role-arn", seed.ROLE_01_ARN, "--region", seed.REGION,
-            "--sts-endpoint-url", world.sts_url, *rest]
+    return [sys.executable, "-m", "metadata_proxy", "exec", "--role-arn", scenario.ROLE_01_ARN,
+            "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, *rest]
 
 
 def test_command_runs_as_role_01(world: World, tmp_path: Path) -> None:
@@ -105,9 +104,6 @@ with open(sys.argv[1], "w") as out:
 """
 
 
-def parse_time(text: str) -> float:
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
-
 
 async def test_child_outliving_a_session_still_gets_valid_credentials(world: World, clock: FakeClock,
                                                                       monkeypatch: pytest.MonkeyPatch,
@@ -119,8 +115,8 @@ async def test_child_outliving_a_session_still_gets_valid_credentials(world: Wor
     out, go = tmp_path / "out", tmp_path / "go"
     os.mkfifo(out)
     os.mkfifo(go)
-    config = ServeConfig(roles=(RoleConfig(role_arn=seed.ROLE_01_ARN, role_session_name="exec-test"),),
-                         region=seed.REGION, sts_endpoint_url=world.sts_url)
+    config = ServeConfig(roles=(RoleConfig(role_arn=scenario.ROLE_01_ARN, role_session_name="exec-test"),),
+                         region=scenario.REGION, sts_endpoint_url=world.sts_url)
     daemons: list[Daemon] = []
     task = asyncio.create_task(run_exec(config, [sys.executable, "-c", CHILD, str(out), str(go)], clock,
                                         started=daemons.append))

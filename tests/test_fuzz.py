@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metadata_proxy.gate import HostCheck
 from metadata_proxy.imds import normalize_path
-from metadata_proxy.listeners import HostCheck
 from tests.conftest import World, launch
 from tests.support.http import get, token
 from tests.support.processes import DaemonProcess

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.conftest import World, launch_ready
 from tests.support.http import get, request, token
 
@@ -133,7 +133,7 @@ def test_extended_credentials_carry_the_assumed_roles_account(url: str, tok: str
     """§5.2, §8.8: the -extended paths are implemented, AccountId is the account of role-01."""
     assert get(url, "/latest/meta-data/iam/security-credentials-extended/", tok).body == b"role-01"
     doc = json.loads(get(url, "/latest/meta-data/iam/security-credentials-extended/role-01", tok).body)
-    assert doc["AccountId"] == seed.ACCOUNT_A
+    assert doc["AccountId"] == scenario.ACCOUNT_A
     legacy = json.loads(get(url, CREDS + "role-01", tok).body)
     assert "AccountId" not in legacy
     assert {k: v for k, v in doc.items() if k != "AccountId"} == legacy
@@ -183,7 +183,7 @@ def test_instance_values(url: str, tok: str) -> None:
     assert re.match(r"^i-[0-9a-f]{17}$", get(url, "/latest/meta-data/instance-id", tok).text)
     info = json.loads(get(url, "/latest/meta-data/iam/info", tok).body)
     assert info["Code"] == "Success" and TIMESTAMP.match(info["LastUpdated"])
-    assert info["InstanceProfileArn"] == f"arn:aws:iam::{seed.ACCOUNT_A}:instance-profile/role-01"
+    assert info["InstanceProfileArn"] == f"arn:aws:iam::{scenario.ACCOUNT_A}:instance-profile/role-01"
     assert re.match(r"^AIPA[A-Z2-7]{17}$", info["InstanceProfileId"])
     doc = json.loads(get(url, "/latest/dynamic/instance-identity/document", tok).body)
     assert doc["region"] == "us-east-1" and doc["availabilityZone"] == "us-east-1a"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.conftest import World, launch
 from tests.support.http import get, request, token
-from tests.test_server import free_port
+from tests.support.net import free_port
 
 CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
@@ -40,7 +40,7 @@ def test_json_logs_and_no_secret_anywhere(world: World, tmp_path: Path) -> None:
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
     refresh = next(e for e in entries if e.get("event") == "refresh")
-    assert refresh["role"] == seed.ROLE_01_ARN and refresh["outcome"] == "success"
+    assert refresh["role"] == scenario.ROLE_01_ARN and refresh["outcome"] == "success"
     assert refresh["expires"].endswith("Z") and refresh["duration_s"] >= 0
     access = [e for e in entries if e.get("event") == "request"]
     assert {"remote", "method", "path", "status", "latency_ms", "route"} <= set(access[0])

@@ -12,8 +12,9 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from metadata_proxy import seed
-from metadata_proxy.credentials import AssumeRoleClient, RoleSpec
+from metadata_proxy import scenario
+from metadata_proxy.model import RoleSpec
+from metadata_proxy.sts import AssumeRoleClient
 from tests.conftest import World
 from tests.support.processes import client_env, run
 
@@ -84,33 +85,33 @@ def test_cli_commands_build_a_least_privilege_setup_that_works_in_moto(world: Wo
     assert result.returncode == 0, result.stderr
     blocks = re.split(r"\n(?=# In the trusted account)", result.stdout)
     assert len(blocks) == 2
-    seed.set_enforcement(world.moto_url, False)
+    scenario.set_enforcement(world.moto_url, False)
     try:
         for block, account in zip(blocks, (trusting, trusted), strict=True):
-            creds = seed.session_in(world.moto_url, account).get_credentials()
+            creds = scenario.session_in(world.moto_url, account).get_credentials()
             env = client_env(tmp_path, AWS_ACCESS_KEY_ID=creds.access_key, AWS_SECRET_ACCESS_KEY=creds.secret_key,
-                             AWS_SESSION_TOKEN=creds.token, AWS_DEFAULT_REGION=seed.REGION)
+                             AWS_SESSION_TOKEN=creds.token, AWS_DEFAULT_REGION=scenario.REGION)
             for line in block.splitlines():
                 if line.startswith("aws "):
                     done = run(["sh", "-c", f"{line} --endpoint-url {world.moto_url}"], env)
                     assert done.returncode == 0, (line, done.stderr)
-        s3 = seed.session_in(world.moto_url, trusting).client("s3", endpoint_url=world.moto_url)
+        s3 = scenario.session_in(world.moto_url, trusting).client("s3", endpoint_url=world.moto_url)
         s3.create_bucket(Bucket=bucket)
-        s3.put_object(Bucket=bucket, Key="Hello.txt", Body=seed.OBJECTS["Hello.txt"])
-        source = seed.session_in(world.moto_url, trusted).client("sts", endpoint_url=world.moto_url).assume_role(
+        s3.put_object(Bucket=bucket, Key="Hello.txt", Body=scenario.OBJECTS["Hello.txt"])
+        source = scenario.session_in(world.moto_url, trusted).client("sts", endpoint_url=world.moto_url).assume_role(
             RoleArn=trusted_arn, RoleSessionName="i-1")["Credentials"]
     finally:
-        seed.set_enforcement(world.moto_url, True)
+        scenario.set_enforcement(world.moto_url, True)
     role_02 = boto3.Session(aws_access_key_id=source["AccessKeyId"], aws_secret_access_key=source["SecretAccessKey"],
                             aws_session_token=source["SessionToken"])
     role_01 = AssumeRoleClient(role_02).assume(RoleSpec(role_arn=f"arn:aws:iam::{trusting}:role/role-01",
                                                        session_name="check", sts_endpoint_url=world.moto_url))
     s3 = boto3.Session(aws_access_key_id=role_01.access_key_id, aws_secret_access_key=role_01.secret_access_key,
-                       aws_session_token=role_01.session_token, region_name=seed.REGION).client(
+                       aws_session_token=role_01.session_token, region_name=scenario.REGION).client(
         "s3", endpoint_url=world.moto_url)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["Hello.txt"]
-    assert s3.get_object(Bucket=bucket, Key="Hello.txt")["Body"].read() == seed.OBJECTS["Hello.txt"]
+    assert s3.get_object(Bucket=bucket, Key="Hello.txt")["Body"].read() == scenario.OBJECTS["Hello.txt"]
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
-        s3.list_objects_v2(Bucket=seed.BUCKET)  # least privilege: not the other bucket
+        s3.list_objects_v2(Bucket=scenario.BUCKET)  # least privilege: not the other bucket
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
         s3.put_object(Bucket=bucket, Key="x", Body=b"x")

@@ -31,7 +31,7 @@ def test_client_advice_of_contract_8_10_is_documented() -> None:
 
 
 def test_every_serve_flag_is_documented() -> None:
-    from metadata_proxy.config import OPTIONS
+    from metadata_proxy.options import OPTIONS
 
     for option in OPTIONS:
         assert f"`{option.flag}" in README, option.flag

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.conftest import World, launch
 from tests.support.http import get, token
+from tests.support.net import free_port
 from tests.support.notify import NotifySocket
-from tests.test_server import free_port
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
 
@@ -98,7 +98,7 @@ def test_reloads_under_traffic_lose_no_request(world: World, role_04: str, tmp_p
                                                notify: NotifySocket) -> None:
     port_01, port_04 = free_port(), free_port()
     config = tmp_path / "config.toml"
-    write_config(config, [(seed.ROLE_01_ARN, port_01, 3600)])
+    write_config(config, [(scenario.ROLE_01_ARN, port_01, 3600)])
     process = launch(world, tmp_path, "--config", str(config), role_arn=None, env={"NOTIFY_SOCKET": notify.path})
 
     def reload() -> None:
@@ -113,7 +113,7 @@ def test_reloads_under_traffic_lose_no_request(world: World, role_04: str, tmp_p
         with Traffic(port_01) as traffic:
             traffic.wait_for(20)
             # 1. A changed role (new session length: a new AssumeRole input) and an added role.
-            write_config(config, [(seed.ROLE_01_ARN, port_01, 1800), (role_04, port_04, 3600)])
+            write_config(config, [(scenario.ROLE_01_ARN, port_01, 1800), (role_04, port_04, 3600)])
             reload()
             traffic.wait_for(20)
             url_04 = f"http://127.0.0.1:{port_04}/"
@@ -125,7 +125,7 @@ def test_reloads_under_traffic_lose_no_request(world: World, role_04: str, tmp_p
             traffic.wait_for(20)
             assert get(url_04, CREDS, token(url_04)).text == "role-04"
             # 3. A removed role stops; the kept one goes on.
-            write_config(config, [(seed.ROLE_01_ARN, port_01, 1800)])
+            write_config(config, [(scenario.ROLE_01_ARN, port_01, 1800)])
             reload()
             traffic.wait_for(20)
             with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port_04), 5):

@@ -9,7 +9,7 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig
 from tests.conftest import World, launch
 from tests.support.fakeclock import FakeClock
@@ -21,13 +21,13 @@ CREDS = "/latest/meta-data/iam/security-credentials/"
 def two_role_config(tmp_path: Path, world: World, role_04: str) -> Path:
     config = tmp_path / "config.toml"
     config.write_text(f"""
-region = "{seed.REGION}"
+region = "{scenario.REGION}"
 sts_endpoint_url = "{world.sts_url}"
 container_credentials = true
 duration_seconds = 3600
 
 [[role]]
-role_arn = "{seed.ROLE_01_ARN}"
+role_arn = "{scenario.ROLE_01_ARN}"
 port = 0
 container_token_file = "tokens/role-01.token"
 
@@ -73,13 +73,13 @@ def test_each_listener_serves_only_its_role(world: World, role_04: str, tmp_path
 
 async def test_one_roles_sts_failure_does_not_touch_the_other(in_process_daemon, clock: FakeClock, world: World,
                                                                role_04: str) -> None:
-    roles = (RoleConfig(role_arn=seed.ROLE_01_ARN, port=0), RoleConfig(role_arn=role_04, port=0))
+    roles = (RoleConfig(role_arn=scenario.ROLE_01_ARN, port=0), RoleConfig(role_arn=role_04, port=0))
     async with in_process_daemon(roles=roles) as daemon:
         first, second = (listener.url for listener in daemon.listeners)
         world.proxy.outage("AssumeRole", "503", role_arn=role_04)
         states = daemon.refresher.states
         reader = next(s for spec, s in states.items() if spec.role_arn == role_04)
-        while daemon.cache.get(reader.spec) is not None:
+        while daemon.store.get(reader.spec) is not None:
             clock.advance_to(min(s.next_attempt for s in states.values()))
             await daemon.refresher.wait_for(lambda: all(s.next_attempt > clock.now for s in states.values()))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.listeners import TrackedServer
 from metadata_proxy.peercred import parse_user, peer_uid
 from tests.conftest import World, launch
@@ -100,7 +100,7 @@ def test_only_allowed_users_get_tokens_or_credentials(world: World, tmp_path: Pa
     port = url.rstrip("/").rsplit(":", 1)[1]
     home = world_readable_home(tmp_path)
     try:
-        allowed = aws("sts", "get-caller-identity", "--endpoint-url", world.moto_url, "--region", seed.REGION,
+        allowed = aws("sts", "get-caller-identity", "--endpoint-url", world.moto_url, "--region", scenario.REGION,
                       env=client_env(home, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
         assert allowed.returncode == 0, allowed.stderr
         assert ROLE_01_SESSION.match(json.loads(allowed.stdout)["Arn"])
@@ -108,7 +108,7 @@ def test_only_allowed_users_get_tokens_or_credentials(world: World, tmp_path: Pa
         refused = as_nobody([sys.executable, "-c", FETCH, port], client_env(home))
         assert refused.stdout.startswith("403 Forbidden: this local user may not use metadata-proxy")
         cli = as_nobody([str(BIN / "aws"), "sts", "get-caller-identity", "--endpoint-url", world.moto_url,
-                         "--region", seed.REGION], client_env(home, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
+                         "--region", scenario.REGION], client_env(home, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
         assert cli.returncode != 0 and "Unable to locate credentials" in cli.stderr
         token_value = (tmp_path / "token").read_text()
         stolen = as_nobody([sys.executable, "-c", FETCH.replace('"PUT", "/latest/api/token"',

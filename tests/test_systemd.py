@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
+from metadata_proxy.addresses import DEFAULT_PORT
 from metadata_proxy.cli import build_parser
-from metadata_proxy.config import DEFAULT_PORT, load_serve_config
+from metadata_proxy.config import load_serve_config
 from metadata_proxy.notify import Notifier
 from tests.conftest import World, launch
 from tests.support.notify import NotifySocket
@@ -103,7 +104,7 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 def test_ready_only_after_the_first_assume_role_then_status_reload_and_stopping(
         world: World, tmp_path: Path, notify: NotifySocket) -> None:
     config = tmp_path / "config.toml"
-    config.write_text(f'role_arn = "{seed.ROLE_01_ARN}"\nport = 0\n')
+    config.write_text(f'role_arn = "{scenario.ROLE_01_ARN}"\nport = 0\n')
     gate = world.proxy.hold("AssumeRole")
     process = launch(world, tmp_path, "--config", str(config), role_arn=None, env={"NOTIFY_SOCKET": notify.path})
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from metadata_proxy.demo import listing_rows
 from tests.conftest import World
 from tests.support.http import get, request
@@ -25,18 +25,18 @@ from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, aws, c
 
 def test_role_02_alone_is_denied_as_in_the_seed(world: World, tmp_path: Path) -> None:
     """The seed's first check: the instance's own identity cannot read the bucket."""
-    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION,
+    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", scenario.REGION,
                  env=client_env(tmp_path, **world.source.environ()))
     assert result.returncode != 0
     assert "AccessDenied" in result.stderr
 
 
 def test_aws_cli_sees_role_01(world: World, url: str, tmp_path: Path) -> None:
-    result = aws("sts", "get-caller-identity", "--endpoint-url", world.moto_url, "--region", seed.REGION,
+    result = aws("sts", "get-caller-identity", "--endpoint-url", world.moto_url, "--region", scenario.REGION,
                  env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url))
     assert result.returncode == 0, result.stderr
     identity = json.loads(result.stdout)
-    assert ROLE_01_SESSION.match(identity["Arn"]) and identity["Account"] == seed.ACCOUNT_A
+    assert ROLE_01_SESSION.match(identity["Arn"]) and identity["Account"] == scenario.ACCOUNT_A
 
 
 @pytest.mark.parametrize("strip_slash", [False, True])
@@ -45,9 +45,9 @@ def test_aws_cli_lists_the_bucket_through_the_daemon(world: World, url: str, tmp
     """The seed's second check. §2: awscli v1's botocore joins the url with '/', so both forms work."""
     url = url.rstrip("/") if strip_slash else url
     env = client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url, AWS_EC2_METADATA_V1_DISABLED="true")
-    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", seed.REGION, env=env)
+    result = aws("s3", "ls", "s3://foobar/", "--endpoint-url", world.moto_url, "--region", scenario.REGION, env=env)
     assert result.returncode == 0, result.stderr
-    assert listing_rows(result.stdout) == seed.EXPECTED_LISTING
+    assert listing_rows(result.stdout) == scenario.EXPECTED_LISTING
 
 
 
@@ -67,14 +67,14 @@ def test_js_sdk_v3_default_chain(world: World, url: str, tmp_path: Path) -> None
         if os.environ.get("CI"):
             pytest.fail("CI must install the JS client: npm ci --prefix tests/js")
         pytest.skip("run `npm ci --prefix tests/js` to include the JavaScript SDK")
-    result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, seed.BUCKET],
+    result = subprocess.run([node(), str(JS_DIR / "whoami.mjs"), world.moto_url, scenario.BUCKET],
                             env=client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=url),
                             capture_output=True, text=True, timeout=120, cwd=JS_DIR)
     assert result.returncode == 0, result.stderr
     assert "expiration extension" not in result.stderr  # §4.2: JS warns when handed expired credentials
     probe = json.loads(result.stdout.strip().splitlines()[-1])
-    assert ROLE_01_SESSION.match(probe["arn"]) and probe["account"] == seed.ACCOUNT_A
-    assert sorted(probe["keys"]) == sorted(seed.OBJECTS)
+    assert ROLE_01_SESSION.match(probe["arn"]) and probe["account"] == scenario.ACCOUNT_A
+    assert sorted(probe["keys"]) == sorted(scenario.OBJECTS)
 
 
 def test_go_v2_sequence(url: str) -> None:
@@ -90,7 +90,7 @@ def test_go_v2_sequence(url: str) -> None:
     assert creds["Code"].lower() == "success"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", creds["Expiration"])
     assert json.loads(get(url, "/latest/meta-data/iam/info", tok).body)["Code"].lower() == "success"
-    assert json.loads(get(url, "/latest/dynamic/instance-identity/document", tok).body)["region"] == seed.REGION
+    assert json.loads(get(url, "/latest/dynamic/instance-identity/document", tok).body)["region"] == scenario.REGION
 
 
 def test_java_v2_sequence(url: str) -> None:
@@ -101,7 +101,7 @@ def test_java_v2_sequence(url: str) -> None:
     names = get(url, "//latest/meta-data/iam/security-credentials-extended/", tok).text
     name = names.strip().split("\n")[0]
     doc = json.loads(get(url, f"//latest/meta-data/iam/security-credentials-extended/{name}", tok).body)
-    assert doc["AccountId"] == seed.ACCOUNT_A
+    assert doc["AccountId"] == scenario.ACCOUNT_A
     assert doc["AccessKeyId"].strip() and doc["SecretAccessKey"].strip()
 
 

@@ -17,12 +17,12 @@ import sys
 import threading
 from pathlib import Path
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 
 BIN = Path(sys.executable).parent
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 # What a client that has role-01 through the daemon sees as its identity.
-ROLE_01_SESSION = re.compile(rf"^arn:aws:sts::{seed.ACCOUNT_A}:assumed-role/role-01/[\w+=,.@-]+$")
+ROLE_01_SESSION = re.compile(rf"^arn:aws:sts::{scenario.ACCOUNT_A}:assumed-role/role-01/[\w+=,.@-]+$")
 # Prints the credential provider boto3's default chain chose, and the identity STS sees: python -c PROBE URL
 BOTO3_PROBE = """
 import json, sys, boto3

@@ -8,26 +8,23 @@ and the tests wait on the refresher's own notifications.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import json
 import random
-import time
 
 import aiohttp
 import pytest
 
-from metadata_proxy.cache import EXPIRY_MARGIN, CredentialCache, RefreshPolicy, RoleState
-from metadata_proxy.credentials import Credentials
-from metadata_proxy.server import Daemon
+from metadata_proxy.daemon import Daemon
+from metadata_proxy.model import Credentials
+from metadata_proxy.refresher import RefreshPolicy, RoleState
+from metadata_proxy.store import CredentialStore
 from tests.conftest import World
 from tests.support.fakeclock import FakeClock
 from tests.support.http import get, token
+from tests.support.net import parse_time
 
 CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
-
-def parse_time(text: str) -> float:
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def only_state(daemon: Daemon) -> RoleState:
@@ -64,7 +61,7 @@ def test_refresh_time_keeps_the_floor_with_room_for_retries(lifetime: int) -> No
     policy = RefreshPolicy()
     for seed in range(200):
         creds = make_creds(1_000_000.0, lifetime)
-        due = policy.refresh_at(creds, random.Random(seed))
+        due = policy.advisory_refresh_at(creds, random.Random(seed))
         floor = min(1800, lifetime / 2)
         assert creds.expiration - due >= floor + 0.15 * (lifetime - floor) - 1e-6
         assert due - creds.obtained_at >= 0.70 * (lifetime - floor) - 1e-6
@@ -72,7 +69,7 @@ def test_refresh_time_keeps_the_floor_with_room_for_retries(lifetime: int) -> No
 
 def test_refresh_rate_for_one_hour_sessions_is_at_most_three_an_hour() -> None:
     policy = RefreshPolicy()
-    assert min(policy.refresh_at(make_creds(0.0), random.Random(s)) for s in range(500)) >= 1200
+    assert min(policy.advisory_refresh_at(make_creds(0.0), random.Random(s)) for s in range(500)) >= 1200
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
@@ -86,13 +83,13 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 def test_cache_never_returns_credentials_near_or_past_expiry() -> None:
     clock = FakeClock(start=1_000_000.0)
-    cache = CredentialCache(clock)
+    cache = CredentialStore(clock)
     creds = make_creds(clock.now)
     spec = object()
     cache.put(spec, creds)  # type: ignore[arg-type]
-    clock.advance_to(creds.expiration - EXPIRY_MARGIN - 1)
+    clock.advance_to(creds.expiration - 60 - 1)
     assert cache.get(spec) is creds  # type: ignore[arg-type]
-    clock.advance_to(creds.expiration - EXPIRY_MARGIN)
+    clock.advance_to(creds.expiration - 60)
     assert cache.get(spec) is None  # type: ignore[arg-type]
 
 
@@ -177,10 +174,10 @@ async def test_outage_serves_previous_credentials_then_error_document_then_recov
             doc = await read_credentials(daemon.url)
             if doc["Code"] == "Success":
                 assert doc["AccessKeyId"] == original["AccessKeyId"]
-                assert parse_time(doc["Expiration"]) - clock.now > EXPIRY_MARGIN
+                assert parse_time(doc["Expiration"]) - clock.now > 60
             else:
                 served_error = True
-                assert clock.now >= expiry - EXPIRY_MARGIN
+                assert clock.now >= expiry - 60
                 assert doc["Code"] == code
                 assert doc["Message"] and parse_time(doc["LastUpdated"]) <= clock.now
                 assert not {"AccessKeyId", "SecretAccessKey", "Token"} & set(doc)

@@ -1,9 +1,9 @@
-"""The user's scenario (shared/reference/seed-scenario.md) as data, and as a world built inside moto.
+"""The two-account cross-account scenario as data, and as a world built inside moto.
 
 Account A (trusting) owns bucket `foobar` and role-01, readable with policy-01 and trusting role-02.
 Account B (trusted) owns role-02, the EC2 instance's role, whose policy-02 only allows assuming role-01.
 The offline demo and the tests both build this world in a moto server, with IAM enforcement switched on
-afterwards, so that role-02 alone gets AccessDenied on the bucket exactly as in the seed.
+afterwards, so that role-02 alone gets AccessDenied on the bucket exactly as in the scenario.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROLE_02_ARN = f"arn:aws:iam::{ACCOUNT_B}:role/role-02"
 BUCKET = "foobar"
 REGION = "us-east-1"
 
-# The seed's listing: `PRE logs/`, 404.html (0), Hello.txt (37), hello.html (87), index.html (0).
+# The listing the scenario expects: `PRE logs/`, 404.html (0), Hello.txt (37), hello.html (87), index.html (0).
 OBJECTS: dict[str, bytes] = {
     "logs/2014-07-01.log": b"",
     "404.html": b"",
@@ -35,7 +35,7 @@ OBJECTS: dict[str, bytes] = {
 EXPECTED_LISTING = [("PRE", "logs/"), ("0", "404.html"), ("37", "Hello.txt"), ("87", "hello.html"), ("0", "index.html")]
 
 
-SEED = CrossAccountSetup(trusting_role_name="role-01", trusting_account=ACCOUNT_A, trusted_role_arn=ROLE_02_ARN,
+SETUP = CrossAccountSetup(trusting_role_name="role-01", trusting_account=ACCOUNT_A, trusted_role_arn=ROLE_02_ARN,
                          bucket=BUCKET, broad=True)
 
 
@@ -69,12 +69,12 @@ def session_in(endpoint: str, account: str) -> boto3.Session:
     """Credentials that act inside `account`: moto places an assumed role's session in the role's account."""
     admin = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     creds = admin.client("sts", endpoint_url=endpoint).assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/setup", RoleSessionName="seed-setup")["Credentials"]
+        RoleArn=f"arn:aws:iam::{account}:role/setup", RoleSessionName="scenario-setup")["Credentials"]
     return boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                          aws_session_token=creds["SessionToken"], region_name=REGION)
 
 
-def build_accounts(endpoint: str, setup: CrossAccountSetup = SEED) -> SourceCredentials:
+def build_accounts(endpoint: str, setup: CrossAccountSetup = SETUP) -> SourceCredentials:
     """Builds the scenario's two accounts in moto (enforcement must be off) and returns the trusted role's
     credentials, as the instance profile would give them."""
     a = session_in(endpoint, setup.trusting_account)
@@ -101,7 +101,7 @@ def build_accounts(endpoint: str, setup: CrossAccountSetup = SEED) -> SourceCred
 
 
 def build_world(endpoint: str) -> SourceCredentials:
-    """Resets moto, builds the seed's accounts, and switches IAM enforcement on."""
+    """Resets moto, builds the two accounts, and switches IAM enforcement on."""
     _moto_api(endpoint, "reset")
     set_enforcement(endpoint, False)
     source = build_accounts(endpoint)

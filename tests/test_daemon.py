@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from metadata_proxy import seed
+from metadata_proxy import scenario
 from tests.conftest import World
 from tests.support.http import get, token
+from tests.support.net import free_port
 from tests.support.processes import DaemonProcess, daemon_env, run
 
 StartDaemon = Callable[..., DaemonProcess]
@@ -35,11 +36,6 @@ def assert_clean_failure(process: DaemonProcess, code: int = 1) -> str:
     return line
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_transient_sts_errors_at_start_are_retried_until_ready(start_daemon: StartDaemon, world: World) -> None:
     """Issue: at start, throttling, 5xx and connection resets are retried; each failure is logged with its code."""
@@ -57,24 +53,24 @@ def test_transient_sts_errors_at_start_are_retried_until_ready(start_daemon: Sta
 
 def test_access_denied_by_policy_02_exits_with_one_line(start_daemon: StartDaemon, world: World) -> None:
     """moto enforces policy-02: role-02 may assume role-01 only, so another role is AccessDenied."""
-    process = start_daemon(role_arn=f"arn:aws:iam::{seed.ACCOUNT_A}:role/role-03")
-    line = assert_clean_failure(process)
-    assert "AccessDenied" in line and "role-03" in line
-    assert "trust policy" in line and "policy-02" in line
+    process = start_daemon(role_arn=f"arn:aws:iam::{scenario.ACCOUNT_A}:role/role-03")
+    line = assert_clean_failure(process, code=4)  # permanent: systemd's unit does not restart it
+    assert "AccessDenied" in line
+    assert f"trust policy of arn:aws:iam::{scenario.ACCOUNT_A}:role/role-03" in line and "role-01" not in line
     assert world.proxy.calls["AssumeRole"] == 1  # permanent: not retried
 
 
 def test_cross_account_trust_denial_exits_with_one_line(start_daemon: StartDaemon, world: World) -> None:
     """moto cannot deny on role-01's trust policy (another account); the fault proxy plays STS's answer."""
     world.proxy.outage("AssumeRole", "denied")
-    line = assert_clean_failure(start_daemon())
+    line = assert_clean_failure(start_daemon(), code=4)
     assert "AccessDenied" in line and "trust policy" in line
 
 
 def test_invalid_source_credentials_exit_with_one_line(start_daemon: StartDaemon) -> None:
     bogus = {"AWS_ACCESS_KEY_ID": "ASIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "x" * 40,
              "AWS_SESSION_TOKEN": "bogus"}
-    line = assert_clean_failure(start_daemon(env=bogus))
+    line = assert_clean_failure(start_daemon(env=bogus), code=4)
     assert "InvalidClientTokenId" in line and "source credentials" in line
 
 
@@ -85,7 +81,7 @@ def test_no_source_credentials_and_a_self_pointing_endpoint(world: World, tmp_pa
     port = free_port()
     own = f"http://127.0.0.1:{port}/"
     env = daemon_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=own, AWS_CONTAINER_CREDENTIALS_FULL_URI=own + "c")
-    args = ["serve", "--role-arn", seed.ROLE_01_ARN, "--port", str(port), "--sts-endpoint-url", world.sts_url]
+    args = ["serve", "--role-arn", scenario.ROLE_01_ARN, "--port", str(port), "--sts-endpoint-url", world.sts_url]
     wrapper: tuple[str, ...] = ()
     if os.geteuid() == 0 and shutil.which("unshare") and run(["unshare", "-n", "true"], env).returncode == 0:
         del env["AWS_EC2_METADATA_DISABLED"]

@@ -8,8 +8,9 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from metadata_proxy import seed
-from metadata_proxy.credentials import AssumeRoleClient, Credentials, RoleSpec, StsError, classify
+from metadata_proxy import scenario
+from metadata_proxy.model import Credentials, RoleSpec
+from metadata_proxy.sts import AssumeRoleClient, StsError, classify
 from tests.conftest import World
 
 
@@ -32,20 +33,25 @@ def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
     (ValueError("odd"), "ValueError", True),
 ])
 def test_classify(error: Exception, code: str, transient: bool) -> None:
-    sts_error = classify(error, seed.ROLE_01_ARN)
+    sts_error = classify(error, scenario.ROLE_01_ARN)
     assert (sts_error.code, sts_error.transient) == (code, transient)
     assert sts_error.hint
 
 
-def test_access_denied_hint_names_the_seeds_points() -> None:
-    hint = classify(client_error("AccessDenied", 403), seed.ROLE_01_ARN).hint
-    assert "trust policy" in hint and "policy-02" in hint and seed.ROLE_01_ARN in hint
+@pytest.mark.parametrize("role_arn", ["arn:aws:iam::111111110001:role/role-01",
+                                      "arn:aws:iam::222222222222:role/reports/reader"])
+def test_access_denied_hint_names_the_configured_role(role_arn: str) -> None:
+    """The hint names the role that was asked for (it used to say role-01 whatever the role)."""
+    hint = classify(client_error("AccessDenied", 403), role_arn).hint
+    assert f"the trust policy of {role_arn}" in hint
+    assert f"sts:AssumeRole on {role_arn}" in hint
+    assert role_arn.endswith("role-01") or "role-01" not in hint
 
 
 def test_every_assume_role_input_is_part_of_the_key() -> None:
-    base = RoleSpec(role_arn=seed.ROLE_01_ARN, session_name="s")
+    base = RoleSpec(role_arn=scenario.ROLE_01_ARN, session_name="s")
     variants = [dataclasses.replace(base, **{name: value}) for name, value in (
-        ("role_arn", seed.ROLE_02_ARN), ("session_name", "t"), ("external_id", "x1"), ("duration_seconds", 900),
+        ("role_arn", scenario.ROLE_02_ARN), ("session_name", "t"), ("external_id", "x1"), ("duration_seconds", 900),
         ("policy", "{}"), ("sts_endpoint_url", "http://127.0.0.1:1"), ("region", "eu-west-1"))]
     assert len({base, *variants}) == 1 + len(variants)
     assert dataclasses.replace(base) == base and hash(dataclasses.replace(base)) == hash(base)
@@ -64,12 +70,12 @@ def source_session(world: World) -> boto3.Session:
 
 
 def spec(world: World) -> RoleSpec:
-    return RoleSpec(role_arn=seed.ROLE_01_ARN, session_name="unit", sts_endpoint_url=world.sts_url)
+    return RoleSpec(role_arn=scenario.ROLE_01_ARN, session_name="unit", sts_endpoint_url=world.sts_url)
 
 
 def test_assume_role_against_moto(world: World) -> None:
     creds = AssumeRoleClient(source_session(world)).assume(spec(world))
-    assert creds.account_id == seed.ACCOUNT_A
+    assert creds.account_id == scenario.ACCOUNT_A
     assert creds.assumed_role_arn.endswith(":assumed-role/role-01/unit")
     assert 3590 < creds.lifetime <= 3600
 

@@ -1,95 +1,28 @@
-"""The domain values (what is assumed, what came back) and the one place that calls STS AssumeRole.
+"""The one place that calls STS AssumeRole, and what its answers mean.
 
-The STS call is blocking boto3; the refresher runs it in a worker thread. Every failure becomes an StsError
-carrying STS's own error code, whether it is worth retrying, and what an operator should check, so that the
-log line and the start-up error say the same thing.
+The call is blocking boto3; the refresher runs it in a worker thread. Every failure becomes an StsError carrying
+STS's own error code, whether it is worth retrying, and what an operator should check, so that the log line and
+the start-up error say the same thing. An answer counts only if it is usable: non-empty keys and a well-formed
+assumed-role ARN (botocore guards the same way: "refreshed credentials are still expired"); the expiry is
+judged by the store, which knows how much time a credential must have left to be served.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from metadata_proxy.values import ROLE_ARN_RE
-
-
-@dataclass(frozen=True)
-class RoleSpec:
-    """Every input of an AssumeRole call, and so the cache key: two specs that differ anywhere are two entries."""
-
-    role_arn: str
-    session_name: str
-    external_id: str | None = None
-    duration_seconds: int = 3600
-    policy: str | None = None
-    sts_endpoint_url: str | None = None
-    region: str = "us-east-1"
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Hashed on every request's cache lookup; compute it once.
-        object.__setattr__(self, "_hash", hash((self.role_arn, self.session_name, self.external_id,
-                                                self.duration_seconds, self.policy, self.sts_endpoint_url,
-                                                self.region)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    @property
-    def role_name(self) -> str:
-        """The last path segment of the ARN: what IMDS lists under security-credentials/."""
-        return _arn_part(self.role_arn, 2)
-
-    @property
-    def account_id(self) -> str:
-        return _arn_part(self.role_arn, 1)
-
-
-def _arn_part(role_arn: str, group: int) -> str:
-    match = ROLE_ARN_RE.match(role_arn)
-    if match is None:
-        raise ValueError(f"not a role ARN: {role_arn}")
-    return match.group(group)
-
-
-@dataclass(frozen=True, repr=False)
-class Credentials:
-    """One AssumeRole result. Times are POSIX seconds; repr shows no key material, so logging one is safe."""
-
-    access_key_id: str
-    secret_access_key: str
-    session_token: str
-    expiration: float
-    obtained_at: float
-    assumed_role_arn: str
-
-    @property
-    def account_id(self) -> str:
-        """Field 5 of arn:aws:sts::<account>:assumed-role/<role>/<session>."""
-        return self.assumed_role_arn.split(":")[4]
-
-    @property
-    def lifetime(self) -> float:
-        return self.expiration - self.obtained_at
-
-    def __repr__(self) -> str:
-        return f"Credentials(<redacted>, expires {format_time(self.expiration)})"
-
-
-def format_time(seconds: float) -> str:
-    """The one timestamp format every client parses: YYYY-MM-DDTHH:MM:SSZ (contract §5.1)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
+from metadata_proxy.model import ASSUMED_ROLE_ARN_RE, Credentials, RoleSpec
 
 # STS error codes that a retry cannot fix, with what to check. Anything else is treated as transient if
 # STS answered 5xx/429 or not at all, and as permanent for other 4xx answers.
-TRUST_HINT = ("check that role-01's trust policy names the source identity as Principal (and its ExternalId "
-              "condition matches --external-id), and that the source role's policy (policy-02) allows "
+TRUST_HINT = ("check that the trust policy of {role_arn} names the source identity as Principal (and its "
+              "ExternalId condition matches --external-id), and that the source identity's own policy allows "
               "sts:AssumeRole on {role_arn}")
 SOURCE_HINT = ("check the source credentials: the instance profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID/"
                "AWS_SECRET_ACCESS_KEY in the daemon's environment")
@@ -154,7 +87,8 @@ def classify(error: Exception, role_arn: str) -> StsError:
 class AssumeRoleClient:
     """Calls STS with the daemon's source credentials. Thread-safe: calls come from worker threads."""
 
-    def __init__(self, session: boto3.Session, clock_time=time.time, timeout: float = 10.0) -> None:
+    def __init__(self, session: boto3.Session, clock_time: Callable[[], float] = time.time,
+                 timeout: float = 10.0) -> None:
         self._session = session
         # The refresher owns retries (with backoff and logging of every failure), so boto3 makes one attempt.
         self._config = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"},
@@ -191,7 +125,14 @@ class AssumeRoleClient:
             )
         except Exception as error:
             raise classify(error, spec.role_arn) from None
-        if not (result.access_key_id and result.secret_access_key and result.session_token):
-            raise StsError("IncompleteResponse", "STS returned blank credentials", transient=True,
-                           role_arn=spec.role_arn)
+        check_answer(result, spec.role_arn)
         return result
+
+
+def check_answer(creds: Credentials, role_arn: str) -> None:
+    """Raises a transient StsError for an answer no client could use: blank keys, or an ARN without an account."""
+    if not (creds.access_key_id and creds.secret_access_key and creds.session_token):
+        raise StsError("IncompleteResponse", "STS returned blank credentials", transient=True, role_arn=role_arn)
+    if not isinstance(creds.assumed_role_arn, str) or not ASSUMED_ROLE_ARN_RE.match(creds.assumed_role_arn):
+        raise StsError("IncompleteResponse", "STS returned a malformed AssumedRoleUser ARN", transient=True,
+                       role_arn=role_arn)

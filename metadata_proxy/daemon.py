@@ -1,0 +1,357 @@
+"""The daemon's lifecycle: startup, main loop, shutdown (as uvicorn's Server), and reloads carried out from a plan.
+
+Startup binds every socket first (so a port of 0 is known and a taken port fails at once), but listeners start
+accepting only once every role's first credentials are stored: before that a client gets "connection refused"
+rather than a request that would wait on STS (peers.md "first fetch times out"). Then readiness is announced,
+on stdout and to systemd. One AsyncExitStack tears down whatever startup got to; a reload has a stack of its
+own that undoes its steps (new sockets, new token files, new refresher tasks) unless it commits.
+
+A stop (SIGTERM, SIGINT) wins over anything in progress: the first credentials, a source-credential lookup, a
+reload waiting for a new role. Nothing a reload reads can block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import TypeVar
+
+import boto3
+
+from metadata_proxy.addresses import endpoint_url, loopback_for
+from metadata_proxy.admin import AdminRoutes
+from metadata_proxy.clock import Clock, SystemClock
+from metadata_proxy.config import RoleConfig, ServeConfig
+from metadata_proxy.errors import ConfigError, PermanentStartupError, StartupError
+from metadata_proxy.gate import HostCheck
+from metadata_proxy.listeners import Endpoint, Listener, bind_socket
+from metadata_proxy.logs import set_level
+from metadata_proxy.metrics import Metrics
+from metadata_proxy.model import Credentials, RoleSpec, format_time, region_of
+from metadata_proxy.notify import Notifier
+from metadata_proxy.refresher import Refresher, RoleState
+from metadata_proxy.reload_plan import Bound, ReloadPlan, plan_reload
+from metadata_proxy.routes import Shared, role_routes
+from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, proxy_hint, source_session
+from metadata_proxy.store import CredentialStore
+from metadata_proxy.sts import AssumeRoleClient, StsError
+from metadata_proxy.threads import in_daemon_thread
+from metadata_proxy.tokenfile import default_token_dir, ensure_private_dir, load_or_create_token
+from metadata_proxy.tokens import TokenAuthority
+
+log = logging.getLogger("metadata_proxy")
+T = TypeVar("T")
+
+HEARTBEAT = 1.0  # seconds between event-loop heartbeats (and the fastest watchdog ping)
+RELOAD_PREFETCH_TIMEOUT = 60.0  # a reload gives up (and changes nothing) if new roles are not ready by then
+
+
+class Stopped(Exception):
+    """A stop was requested while waiting."""
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig, clock: Clock | None = None,
+                 load_config: Callable[[], ServeConfig] | None = None, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.load_config = load_config
+        self.environ: MutableMapping[str, str] = os.environ  # what boto3 reads for the source credentials
+        self.stop_requested = asyncio.Event()
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier(os.environ)
+        self.refresher: Refresher | None = None
+        self.listeners: list[Listener] = []
+        self.admin: Endpoint | None = None
+        self.last_heartbeat = time.monotonic()
+        self.reload_rejected: str | None = None  # when and why the last reload was refused, for the status line
+        self._session: boto3.Session | None = None
+        self._assumer: AssumeRoleClient | None = None
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+        self.store = CredentialStore(self.clock)
+        self._shared = Shared(store=self.store, tokens=TokenAuthority(self.clock.time), metrics=self.metrics,
+                              now=self.clock.time, started_at=self.clock.time())
+
+    @property
+    def url(self) -> str | None:
+        """The first role's IMDS endpoint (the only one, unless a config file names several roles)."""
+        return self.listeners[0].url if self.listeners else None
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # --- lifecycle ---
+
+    async def run(self, on_ready: Callable[[list[Listener]], None] = lambda listeners: None) -> None:
+        """Serves until request_stop(); raises StartupError (or ConfigError) if it cannot start."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.notifier.close)
+            stack.push_async_callback(self._shutdown)
+            try:
+                await self._startup()
+            except Stopped:
+                log.info("stopped before the first credentials arrived")
+                return
+            heartbeat = asyncio.create_task(self._heartbeat())
+            stack.callback(heartbeat.cancel)
+            self.notifier.send("READY=1", f"STATUS={self.status()}")
+            on_ready(self.listeners)
+            await self._main_loop()
+            self.notifier.send("STOPPING=1", "STATUS=stopping")
+            log.info("stopping: finishing in-flight requests")
+
+    async def start_in_background(self) -> asyncio.Task[None]:
+        """Runs the daemon as a task of this event loop; returns the task once it serves. Raises why it could
+        not start; a task that is already done means a stop came first."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(self.run(on_ready=lambda _listeners: ready.set()))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()
+        return task
+
+    async def _startup(self) -> None:
+        config = self.config
+        self.listeners = [self._bind(role) for role in config.roles]
+        if config.admin_port is not None:
+            host = loopback_for(config.host)  # the admin listener is loopback-only, whatever --host says
+            sock = bind_socket(host, config.admin_port)
+            self.admin = Endpoint(sock, endpoint_url(host, sock.getsockname()[1]))
+        for listener in self.listeners:
+            for name in drop_self_pointing(self.environ, config.host, listener.port):
+                log.info("ignoring %s for the source credentials: it points at this daemon", name)
+        tokens = self._container_tokens(config.roles) if config.container_credentials else {}
+        try:
+            self._session = await self._unless_stopped(in_daemon_thread(source_session))
+        except NoSourceCredentials as error:
+            raise StartupError(str(error)) from None
+        self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=config.sts_timeout)
+        self.refresher = Refresher(self._assume, self.store, self.clock, on_outcome=self._on_outcome)
+        self.metrics.watch(self.refresher, self.clock.time)
+        region = region_of(config.region, self._session.region_name)
+        for listener in self.listeners:
+            listener.spec = RoleSpec.of(listener.role, config.sts_endpoint_url, region)
+            listener.token_file, listener.token = tokens.get(listener.role.name, (None, None))
+            self.refresher.start(listener.spec)
+            log.info("assuming %s as session %s%s", listener.role.role_arn, listener.role.role_session_name,
+                     " with a session policy" if listener.role.session_policy else "")
+        try:
+            await self._unless_stopped(self._all_ready(listener.spec for listener in self.listeners))
+        except StsError as error:
+            raise PermanentStartupError(f"AssumeRole of {error.role_arn} failed: {error}; {error.hint}") from None
+        for listener in self.listeners:
+            await self._serve(listener)
+        if self.admin is not None:
+            self.admin.routes = AdminRoutes(self.metrics, self.refresher, self.clock.time, lambda: self.last_heartbeat)
+            await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.metrics)
+            log.info("admin listener on %s: /metrics /healthz /readyz", self.admin.url)
+        if hint := proxy_hint(self.environ):
+            log.warning("%s", hint)
+
+    async def _assume(self, spec: RoleSpec) -> Credentials:
+        assert self._assumer is not None
+        return await in_daemon_thread(self._assumer.assume, spec)  # read per call: a reload may replace it
+
+    async def _main_loop(self) -> None:
+        while not self.stop_requested.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            if self._reload_requested and not self.stop_requested.is_set():
+                self._reload_requested = False
+                await self.reload()
+
+    async def _shutdown(self) -> None:
+        for endpoint in [*self.listeners, *([self.admin] if self.admin else [])]:
+            await endpoint.close()
+        if self.refresher is not None:
+            await self.refresher.stop()
+
+    async def _unless_stopped(self, awaitable: Awaitable[T]) -> T:
+        """Awaits it, unless a stop comes first: then it is cancelled and Stopped is raised."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):  # collected here, so nothing is logged as unretrieved
+                    await work
+        if work.cancelled():
+            raise Stopped
+        return work.result()
+
+    async def _all_ready(self, specs: Iterable[RoleSpec | None]) -> None:
+        assert self.refresher is not None
+        for spec in specs:
+            assert spec is not None
+            await self.refresher.wait_ready(spec)
+
+    # --- listeners ---
+
+    def _bind(self, role: RoleConfig) -> Listener:
+        sock = bind_socket(self.config.host, role.port)
+        return Listener(role, sock, endpoint_url(self.config.host, sock.getsockname()[1]))
+
+    def _container_tokens(self, roles: Iterable[RoleConfig]) -> dict[str, tuple[str, str]]:
+        """role name -> (token file, token), reading an operator's file or creating one."""
+        tokens = {}
+        for role in roles:
+            path = role.container_token_file
+            if path is None:
+                directory = default_token_dir(self.environ)
+                ensure_private_dir(directory)
+                path = os.path.join(directory, f"{role.name}.token")
+            tokens[role.name] = (path, load_or_create_token(path))
+        return tokens
+
+    def _routes(self, listener: Listener) -> None:
+        assert self.refresher is not None and listener.spec is not None
+        listener.routes = role_routes(self._shared, self.config, listener.role, listener.spec,
+                                      self.refresher.states[listener.spec], listener.token)
+
+    async def _serve(self, listener: Listener) -> None:
+        self._routes(listener)
+        await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.config.allowed_uids,
+                             self.config.hop_limit)
+        assert listener.spec is not None
+        if not ipaddress.ip_address(self.config.host).is_loopback:
+            log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",
+                        self.config.host, listener.spec.role_name)
+        log.info("ready: serving %s on %s (IMDSv2 tokens %s)", listener.spec.role_arn, listener.url,
+                 "optional" if self.config.allow_imdsv1 else "required")
+        for name, value in listener.exports[1:]:
+            log.info("container credentials for %s: %s=%s", listener.role.name, name, value)
+
+    # --- status ---
+
+    def _on_outcome(self, state: RoleState, seconds: float) -> None:
+        self.metrics.record_assume_role(state, seconds)
+        if state.last_error is None and self.listeners and self.listeners[0].routes is not None:
+            self.notifier.send(f"STATUS={self.status()}")
+
+    def status(self) -> str:
+        """One line for systemctl status: what is served where, when it was last refreshed, a rejected reload."""
+        parts = []
+        for listener in self.listeners:
+            state = self.refresher.states.get(listener.spec) if self.refresher and listener.spec else None
+            last = format_time(state.last_success) if state and state.last_success else "never"
+            parts.append(f"{listener.role.name} on {listener.url} (last refresh {last})")
+        line = "serving " + "; ".join(parts) if parts else "starting"
+        return line + (f"; {self.reload_rejected}" if self.reload_rejected else "")
+
+    async def _heartbeat(self) -> None:
+        """Proves the event loop turns: /healthz reads it, and systemd's watchdog gets its pings from here."""
+        interval = min(HEARTBEAT, self.notifier.watchdog_interval or HEARTBEAT)
+        while True:
+            self.last_heartbeat = time.monotonic()
+            if self.notifier.watchdog_interval:
+                self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # --- reload ---
+
+    async def reload(self) -> None:
+        self.notifier.send("RELOADING=1", "STATUS=reloading the configuration")
+        try:
+            if self.load_config is None:
+                raise ConfigError("no configuration to reload from")
+            # In a thread that cannot hold up a stop: the file could be a FIFO, or on a hung network mount.
+            new = await self._unless_stopped(in_daemon_thread(self.load_config))
+            await self._apply(new)
+        except Stopped:
+            log.info("reload abandoned: stopping")
+        except (ConfigError, StartupError, StsError) as error:
+            self.reload_rejected = f"last reload rejected at {format_time(self.clock.time())}: {error}"
+            log.error("reload failed, still running the previous configuration: %s", error,
+                      extra={"event": "reload", "outcome": "failure"})
+        except Exception as error:  # a bug must not end a daemon that was serving fine
+            self.reload_rejected = f"last reload rejected at {format_time(self.clock.time())}: internal error"
+            log.error("reload failed (internal error %s), still running the previous configuration",
+                      type(error).__name__, exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra={"event": "reload", "outcome": "failure"})
+        else:
+            self.reload_rejected = None
+            log.info("reloaded: %s", self.status(), extra={"event": "reload", "outcome": "success"})
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self.status()}")
+
+    async def _apply(self, new: ServeConfig) -> None:
+        """Moves to the new configuration, or raises and leaves everything as it was."""
+        assert self.refresher is not None and self._session is not None
+        plan = plan_reload(self.config, [Bound(listener.role, listener.port) for listener in self.listeners], new,
+                           self._session.region_name, self.refresher.running)
+        for name in plan.restart_only:
+            log.warning("%s changed: that takes a restart; keeping %s", name, getattr(plan.config, name))
+        async with contextlib.AsyncExitStack() as undo:
+            opened = {}
+            for role in plan.open:
+                opened[role.name] = listener = self._bind(role)
+                undo.callback(listener.sock.close)
+            tokens = self._reload_tokens(plan, undo)
+            for spec in plan.start:
+                self.refresher.start(spec)
+                undo.push_async_callback(self.refresher.stop, spec)
+            try:
+                await self._unless_stopped(asyncio.wait_for(self._all_ready(plan.start), RELOAD_PREFETCH_TIMEOUT))
+            except TimeoutError:
+                raise StartupError(f"the new roles were not ready within {RELOAD_PREFETCH_TIMEOUT:.0f} s") from None
+            undo.pop_all()  # commit: nothing below can fail for a reason the old configuration would not share
+        await self._commit(plan, opened, tokens)
+
+    def _reload_tokens(self, plan: ReloadPlan, undo: contextlib.AsyncExitStack) -> dict[str, tuple[str, str]]:
+        """The new configuration's token files; the ones this reload creates go again if it fails."""
+        if not plan.config.container_credentials:
+            return {}
+        known = {listener.token_file for listener in self.listeners}
+        tokens = self._container_tokens(plan.config.roles)
+        for path, _token in tokens.values():
+            if path not in known:
+                undo.callback(_remove_if_exists, path)
+        return tokens
+
+    async def _commit(self, plan: ReloadPlan, opened: dict[str, Listener], tokens: dict[str, tuple[str, str]]) -> None:
+        assert self.refresher is not None and self._session is not None
+        if plan.config.sts_timeout != self.config.sts_timeout:
+            self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=plan.config.sts_timeout)
+        self.config = plan.config
+        by_port = {listener.port: listener for listener in self.listeners}
+        specs = dict(plan.specs)
+        kept = {role.name: by_port[port] for port, role in plan.keep}
+        listeners = []
+        for role in plan.config.roles:
+            listener = kept.get(role.name) or opened[role.name]
+            listener.role, listener.spec = role, specs[role.name]
+            listener.token_file, listener.token = tokens.get(role.name, (None, None))
+            if role.name in kept:
+                self._routes(listener)  # in place: the socket and its connections stay
+            else:
+                await self._serve(listener)
+            listeners.append(listener)
+        for port in plan.close:
+            listener = by_port[port]
+            log.info("no longer serving %s on %s", listener.role.role_arn, listener.url)
+            await listener.close()
+        self.listeners = listeners
+        for spec in plan.stop:
+            await self.refresher.stop(spec)
+        set_level(plan.config.log_level)
+
+
+def _remove_if_exists(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

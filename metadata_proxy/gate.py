@@ -1,0 +1,119 @@
+"""The gate every request passes before a route sees it, in this order:
+
+1. the Host check (DNS-rebinding defence: the Host header must name this listener);
+2. the local-user gate (with an allow-list, only the listed uids; an undeterminable peer is denied);
+3. the route, behind a last-resort error handler (a bug answers 500, never ends the daemon);
+4. accounting: the metrics and the access log line, which never holds a header (so no token) nor a body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from metadata_proxy.imds import LABEL, normalize_path, text_response
+from metadata_proxy.metrics import Metrics
+from metadata_proxy.peercred import user_name
+
+log = logging.getLogger("metadata_proxy")
+access_log = logging.getLogger("metadata_proxy.access")
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class HostCheck:
+    """DNS-rebinding defence (peers.md, aws-vault #578): the Host header must name this listener.
+
+    Accepted: `localhost`, loopback addresses, and the bound address itself (any IP literal when bound to
+    a wildcard address). A rebinding attack always arrives with the attacker's host name, which fails.
+    A request without Host (HTTP/1.0) carries no name to rebind and is accepted.
+    """
+
+    MEMO = 256  # distinct Host values remembered (clients send one or two); a flood of others is re-parsed
+
+    def __init__(self, bound_host: str) -> None:
+        self._bound = ipaddress.ip_address(bound_host)
+        self._memo: dict[str, bool] = {}
+
+    def allows(self, host_header: str | None) -> bool:
+        if host_header is None:
+            return True
+        known = self._memo.get(host_header)
+        if known is None:
+            known = self._judge(host_header)
+            if len(self._memo) < self.MEMO:
+                self._memo[host_header] = known
+        return known
+
+    def _judge(self, host_header: str) -> bool:
+        name = host_header.strip().lower()
+        if name.startswith("["):
+            name = name[1:].split("]", 1)[0]
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        name = name.rstrip(".")
+        if name == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or address == self._bound or self._bound.is_unspecified
+
+
+def printable(path: str, limit: int = 200) -> str:
+    """A client-supplied path made safe for one log line (no control characters, bounded length)."""
+    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in path[:limit])
+    return cleaned + ("..." if len(path) > limit else "")
+
+
+def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metrics,
+            peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
+            allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
+            now: Callable[[], float] = time.perf_counter) -> Handler:
+    """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, an access log line
+    and a last-resort error handler. routes() and allowed_uids() are read per request: a reload changes them.
+
+    The access line has the method, the normalised path, the status and the latency: never a header, so no
+    IMDSv2 token can reach the log, and the credential documents are never logged either.
+    """
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        started = now()
+        response: web.StreamResponse
+        if not host_check.allows(request.headers.get("Host")):
+            request[LABEL] = ("unknown", "host")
+            response = text_response(403, "Forbidden: Host not allowed")
+        elif (allowed := allowed_uids()) is not None and (uid := peer_uid(request)) not in allowed:
+            request[LABEL] = ("unknown", "uid")
+            who = "an undeterminable user" if uid is None else f"uid {uid} ({user_name(uid)})"
+            log.warning("refused %s %s from %s: not an allowed local user", request.method,
+                        printable(normalize_path(request.raw_path)), who)
+            response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
+        else:
+            try:
+                response = await routes()(request)
+            except Exception:
+                log.exception("internal error on %s %s", request.method, printable(request.raw_path))
+                response = text_response(500, "Internal Server Error")
+        elapsed = now() - started
+        try:
+            route, reason = request[LABEL]
+        except KeyError:  # a path no route claimed
+            route, reason = "unknown", ""
+        metrics.observe_request(route, response.status, elapsed)
+        if reason:
+            metrics.refused.labels(reason).inc()
+        if access_log.isEnabledFor(logging.INFO):  # building the line costs more than the request otherwise
+            path = printable(normalize_path(request.raw_path))
+            access_log.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
+                            elapsed * 1000, extra={"event": "request", "remote": request.remote,
+                                                   "method": request.method, "path": path, "status": response.status,
+                                                   "latency_ms": round(elapsed * 1000, 3), "route": route})
+        return response
+
+    return handle
