@@ -30,7 +30,7 @@ class Endpoints:
     token_file: Path
 
     def imds(self, home: Path, **extra: str) -> dict[str, str]:
-        return client_env(home, AWS_EC2_METADATA_SERVICE_ENDPOINT=self.imds_url, **extra)
+        return client_env(home, **{"AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url, **extra})
 
     def container(self, home: Path, by: str = "file", **extra: str) -> dict[str, str]:
         """by="file": AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; by="env": the token itself in
