@@ -55,3 +55,11 @@ def test_cli_v2_before_2_28_3_needs_the_trailing_slash(aws_cli_v2: Path, world: 
 def test_cli_v2_through_the_container_endpoint(aws_cli_v2: Path, world: World, endpoints: Endpoints,
                                                tmp_path: Path) -> None:
     assert_role_01(aws_cli_v2, world, endpoints.container(tmp_path, by="env"))
+
+
+def test_cli_v2_2_9_ignores_the_token_file(aws_cli_v2: Path, world: World, endpoints: Endpoints,
+                                           tmp_path: Path) -> None:
+    """Why the README gives this CLI the token variable: given only the file variable, it sends no token."""
+    result = cli(aws_cli_v2, world, endpoints.container(tmp_path, by="file"), "sts", "get-caller-identity")
+    assert result.returncode == 255
+    assert "Received non 200 response (401)" in result.stderr

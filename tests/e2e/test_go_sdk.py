@@ -43,3 +43,12 @@ def test_go_sdk_through_the_container_endpoint(go_whoami: Path, world: World, en
     assert probe["source"] == "CredentialsEndpointProvider"
     assert ROLE_01_SESSION.match(probe["arn"]) and probe["account"] == seed.ACCOUNT_A
     assert sorted(probe["keys"]) == sorted(seed.OBJECTS)
+
+
+def test_go_sdk_1_17_ignores_the_token_file(go_whoami: Path, world: World, endpoints: Endpoints,
+                                            tmp_path: Path) -> None:
+    """Why the README gives this SDK the token variable: given only the file variable, it sends no token."""
+    result = run([str(go_whoami), world.moto_url, seed.BUCKET],
+                 endpoints.container(tmp_path, by="file", AWS_REGION=seed.REGION))
+    assert result.returncode == 1
+    assert "missing Authorization header" in result.stderr
