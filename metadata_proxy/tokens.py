@@ -1,9 +1,14 @@
 """IMDSv2 session tokens: stateless, unforgeable, and valid for exactly the TTL the client asked for.
 
-A token is base64url(expiry in ms | 16 random bytes | HMAC-SHA256 of both under a per-process key). Nothing is
-stored, so a flood of PUTs costs no memory, a restart invalidates every token (clients simply fetch another:
-they get 401 and retry, contract §4), and checking one is a length test, a decode and one HMAC (skipped for
-a token already verified: Go and connection-reusing clients send the same token again and again).
+A token is base64url(expiry in ms | 8 random bytes | the first 26 bytes of an HMAC-SHA256 of both under a
+per-process key): 42 bytes, 56 characters, the length of AWS's own IMDS tokens. The length is part of the
+protocol in practice: the AWS Common Runtime (aws-c-auth's aws_imds_client.c, used by awscrt, Mountpoint for
+Amazon S3 and the CRT-based SDK clients) copies the token into a 64-byte buffer that never grows, and a longer
+token makes it fail before it asks for credentials. 26 bytes (208 bits) of MAC are far beyond guessing.
+
+Nothing is stored, so a flood of PUTs costs no memory, a restart invalidates every token (clients simply fetch
+another: they get 401 and retry, contract §4), and checking one is a length test, a decode and one HMAC
+(skipped for a token already verified: Go and connection-reusing clients send the same token again and again).
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import struct
 from collections.abc import Callable
 
 MAX_TTL = 21600  # six hours, IMDS's own limit (contract §3.1)
-_PAYLOAD = struct.Struct(">Q16s")
-_MAC_SIZE = 32
+_PAYLOAD = struct.Struct(">Q8s")  # expiry in ms since the epoch, nonce
+_MAC_SIZE = 26  # 16 + 26 = 42 bytes: a multiple of 3, so the base64 has no padding and no unused bits
 VERIFIED_MEMO = 4096  # verified tokens remembered, so a client reusing its token skips the HMAC
-TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(_PAYLOAD.size + _MAC_SIZE)).rstrip(b"="))
+TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(_PAYLOAD.size + _MAC_SIZE)))
 
 
 def parse_ttl(value: str | None) -> int | None:
@@ -38,12 +43,12 @@ class TokenAuthority:
         self._verified: dict[str, int] = {}  # token -> expiry (ms) of tokens whose MAC checked out
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_SIZE]
 
     def issue(self, ttl: int) -> str:
         expires_ms = int(self._time() * 1000) + ttl * 1000
-        payload = _PAYLOAD.pack(expires_ms, secrets.token_bytes(16))
-        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode("ascii")
+        payload = _PAYLOAD.pack(expires_ms, secrets.token_bytes(8))
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).decode("ascii")
 
     def verify(self, token: str | None) -> bool:
         if token is None or len(token) != TOKEN_LENGTH:
@@ -58,13 +63,21 @@ class TokenAuthority:
             self._verified[token] = expires_ms
         return self._time() * 1000 < expires_ms
 
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are memoised (bounded by VERIFIED_MEMO)."""
+        return len(self._verified)
+
     def _check(self, token: str) -> int | None:
         """The token's expiry if its MAC is ours, else None."""
         try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+            encoded = token.encode("ascii")
+            raw = base64.urlsafe_b64decode(encoded)
         except (UnicodeEncodeError, binascii.Error, ValueError):
             return None
-        if len(raw) != _PAYLOAD.size + _MAC_SIZE:
+        # The decoder skips characters outside the alphabet and reads '+' and '/' like '-' and '_': only the
+        # one spelling we issue may pass.
+        if len(raw) != _PAYLOAD.size + _MAC_SIZE or base64.urlsafe_b64encode(raw) != encoded:
             return None
         payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size:]
         if not hmac.compare_digest(mac, self._mac(payload)):

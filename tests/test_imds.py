@@ -87,7 +87,7 @@ def test_get_without_token_is_401_when_required(url: str) -> None:
     assert get(url, "/no/such/path").status == 401
 
 
-@pytest.mark.parametrize("bad", ["garbage", "A" * 75, "", "é" * 75])
+@pytest.mark.parametrize("bad", ["garbage", "A" * 56, "", "é" * 56])
 def test_invalid_token_is_401(url: str, bad: str) -> None:
     """§8.4: invalid tokens are 401."""
     assert get(url, CREDS, headers={"X-aws-ec2-metadata-token": bad.encode().decode("latin-1")}).status == 401

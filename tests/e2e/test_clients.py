@@ -1,5 +1,6 @@
 """The seed's check with real, unmodified clients: the AWS CLI and boto3 from PyPI, the JavaScript SDK v3
-from npm, and the request sequences of the Go v2 and Java v2 SDKs (contract §4.3, §4.4) over raw HTTP.
+from npm, and the request sequence of the Java v2 SDK (contract §4.4) over raw HTTP. The Go SDK v2, the AWS
+CLI v2 and the AWS Common Runtime run for real in their own modules next to this one.
 
 Clients run as subprocesses whose environment holds no AWS_* variable but the url under test, and
 whose config and credential files are empty: whatever identity they show came from the daemon.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,22 +75,6 @@ def test_js_sdk_v3_default_chain(world: World, url: str, tmp_path: Path) -> None
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert ROLE_01_SESSION.match(probe["arn"]) and probe["account"] == scenario.ACCOUNT_A
     assert sorted(probe["keys"]) == sorted(scenario.OBJECTS)
-
-
-def test_go_v2_sequence(url: str) -> None:
-    """§4.3: Go asks a 300 s token, parses the echoed TTL, caches the token across requests, requires
-    Code == Success (case-insensitive) in both iam/info and the credentials, and reads the region from the
-    identity document."""
-    put = request(url, "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "300",
-                                                         "User-Agent": "aws-sdk-go-v2/1.36.0"})
-    assert put.status == 200 and int(put.headers["X-Aws-Ec2-Metadata-Token-Ttl-Seconds"]) == 300
-    tok = put.text
-    name = get(url, "/latest/meta-data/iam/security-credentials/", tok).text.splitlines()[0]
-    creds = json.loads(get(url, f"/latest/meta-data/iam/security-credentials/{name}", tok).body)
-    assert creds["Code"].lower() == "success"
-    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", creds["Expiration"])
-    assert json.loads(get(url, "/latest/meta-data/iam/info", tok).body)["Code"].lower() == "success"
-    assert json.loads(get(url, "/latest/dynamic/instance-identity/document", tok).body)["region"] == scenario.REGION
 
 
 def test_java_v2_sequence(url: str) -> None:

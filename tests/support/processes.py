@@ -31,6 +31,18 @@ credentials = session.get_credentials()
 identity = session.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()
 print(json.dumps({"method": credentials.method, "arn": identity["Arn"]}))
 """
+# Credentials from the CRT's default chain, then the identity STS sees with them: python -c PROBE STS_URL
+CRT_PROBE = """
+import json, sys, boto3
+from awscrt.auth import AwsCredentialsProvider
+from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+loop = EventLoopGroup(1)
+provider = AwsCredentialsProvider.new_default_chain(ClientBootstrap(loop, DefaultHostResolver(loop)))
+creds = provider.get_credentials().result(timeout=60)
+sts = boto3.client("sts", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id=creds.access_key_id,
+                   aws_secret_access_key=creds.secret_access_key, aws_session_token=creds.session_token)
+print(json.dumps({"arn": sts.get_caller_identity()["Arn"], "expires": creds.expiration is not None}))
+"""
 
 READY_PREFIX = "export AWS_EC2_METADATA_SERVICE_ENDPOINT="
 START_TIMEOUT = 120  # a safety net for a hung start, never an assertion about speed
