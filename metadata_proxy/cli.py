@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -92,7 +93,15 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return COMMANDS[args.command](parser, args)
+    try:
+        return COMMANDS[args.command](parser, args)
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling: no traceback
+        print("metadata-proxy: interrupted", file=sys.stderr)
+        return 130
+
+
+def stop_quietly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def serve_config(parser: Parser, args: argparse.Namespace) -> ServeConfig:
@@ -103,6 +112,11 @@ def serve_config(parser: Parser, args: argparse.Namespace) -> ServeConfig:
 
 
 def run_serve(parser: Parser, args: argparse.Namespace) -> int:
+    # Until the event loop takes the signals over: a reload request cannot end the process (SIGHUP's default
+    # action), and a stop ends it at once with status 0 and no traceback, whatever is being imported.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_quietly)
     config = serve_config(parser, args)
     setup_logging(config.log_level, config.log_format)
     from metadata_proxy.runner import run_daemon  # aiohttp and boto3 load only for the commands that need them

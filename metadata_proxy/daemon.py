@@ -298,6 +298,9 @@ class Daemon:
         for name in plan.restart_only:
             log.warning("%s changed: that takes a restart; keeping %s", name, getattr(plan.config, name))
         async with contextlib.AsyncExitStack() as undo:
+            if plan.config.sts_timeout != self.config.sts_timeout:  # the new roles' first calls use it too
+                undo.callback(setattr, self, "_assumer", self._assumer)
+                self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=plan.config.sts_timeout)
             opened = {}
             for role in plan.open:
                 opened[role.name] = listener = self._bind(role)
@@ -325,9 +328,7 @@ class Daemon:
         return tokens
 
     async def _commit(self, plan: ReloadPlan, opened: dict[str, Listener], tokens: dict[str, tuple[str, str]]) -> None:
-        assert self.refresher is not None and self._session is not None
-        if plan.config.sts_timeout != self.config.sts_timeout:
-            self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=plan.config.sts_timeout)
+        assert self.refresher is not None
         self.config = plan.config
         by_port = {listener.port: listener for listener in self.listeners}
         specs = dict(plan.specs)

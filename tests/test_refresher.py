@@ -8,16 +8,21 @@ and the tests wait on the refresher's own notifications.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
 import random
 
 import aiohttp
+import moto.sts.models
 import pytest
 
+from metadata_proxy import scenario
+from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.daemon import Daemon
 from metadata_proxy.model import Credentials
 from metadata_proxy.refresher import RefreshPolicy, RoleState
-from metadata_proxy.store import CredentialStore
+from metadata_proxy.store import CredentialStore, UnusableCredentials
 from tests.conftest import World
 from tests.support.fakeclock import FakeClock
 from tests.support.http import get, token
@@ -192,3 +197,139 @@ async def test_outage_serves_previous_credentials_then_error_document_then_recov
         recovered = await read_credentials(daemon.url)
         assert recovered["Code"] == "Success"
         assert parse_time(recovered["Expiration"]) - clock.now >= 1800
+
+
+# --- answers that are not usable (a clock ahead of STS, a spoiled answer) ---
+
+def sts_clock_behind(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: float) -> None:
+    """moto's STS issues Expirations from a clock `seconds` behind this host's: this host's clock is ahead."""
+    monkeypatch.setattr(moto.sts.models, "utcnow", lambda: datetime.datetime.fromtimestamp(
+        clock.now - seconds, datetime.UTC).replace(tzinfo=None))
+
+
+@contextlib.asynccontextmanager
+async def starting_daemon(world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch):
+    """The in-process daemon as a task that may never become ready; yields it once its refresher runs."""
+    for name, value in world.source.environ().items():
+        monkeypatch.setenv(name, value)
+    role = RoleConfig(role_arn=scenario.ROLE_01_ARN, port=0, role_session_name="test-session")
+    daemon = Daemon(ServeConfig(roles=(role,), region=scenario.REGION, sts_endpoint_url=world.sts_url), clock)
+    task = asyncio.create_task(daemon.run())
+    while daemon.refresher is None or not daemon.refresher.states:
+        assert not task.done(), task
+        await asyncio.sleep(0)
+    try:
+        yield daemon, task
+    finally:
+        daemon.request_stop()
+        await task
+
+
+@pytest.mark.parametrize("ahead", [7200, 3550])  # past the whole session; inside the last 60 s of it
+async def test_clock_ahead_of_sts_at_start_backs_off_and_says_so(
+        world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        ahead: int) -> None:
+    """Credentials that are already expired, or expire within 60 s, by this host's clock are a failed refresh:
+    retried with backoff (not ~60 AssumeRole calls a second), one line each that suggests the clock."""
+    sts_clock_behind(monkeypatch, clock, ahead)
+    async with starting_daemon(world, clock, monkeypatch) as (daemon, task):
+        state = only_state(daemon)
+        for attempt in range(1, 9):
+            await daemon.refresher.wait_for(lambda n=attempt: state.attempts >= n)
+            assert state.attempts == attempt == state.failures_in_a_row
+            assert world.proxy.calls["AssumeRole"] == attempt
+            assert state.last_error is not None and state.last_error.code == "UnusableCredentials"
+            wait = state.next_attempt - clock.now
+            assert min(60, 2 ** (attempt - 1)) / 2 <= wait <= 60  # equal jitter, capped at 60 seconds
+            clock.advance_to(state.next_attempt)
+        assert not task.done() and daemon.listeners[0].routes is None  # never served, still trying
+    failures = [r for r in caplog.records if r.getMessage().startswith("AssumeRole of")]
+    assert len(failures) >= 8 and all("clock ahead" in r.getMessage() for r in failures)
+    assert "Traceback" not in caplog.text
+
+
+async def test_answer_inside_the_last_minute_keeps_the_valid_credentials_served(
+        in_process_daemon, world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh whose answer expires within 60 s is refused by the store, which keeps serving the previous,
+    still valid credentials (it used to evict them: 34 of 40 fetches then got nothing)."""
+    async with in_process_daemon() as daemon:
+        original = await read_credentials(daemon.url)
+        state = only_state(daemon)
+        sts_clock_behind(monkeypatch, clock, 3570)
+        clock.advance_to(state.next_attempt)
+        await settle(daemon, clock)
+        assert state.last_error is not None and state.last_error.code == "UnusableCredentials"
+        for _ in range(40):
+            doc = await read_credentials(daemon.url)
+            assert doc["Code"] == "Success" and doc["AccessKeyId"] == original["AccessKeyId"]
+        assert world.proxy.calls["AssumeRole"] == 2
+
+
+@pytest.mark.parametrize("fault", ["arn-without-account", "blank-secret"])
+async def test_spoiled_answer_is_a_failed_refresh_not_a_500(in_process_daemon, world: World, clock: FakeClock,
+                                                            fault: str) -> None:
+    """An AssumedRoleUser ARN without its account, or a blank key, is never stored: every GET keeps getting the
+    previous credentials (it used to be a 500 on every credential GET until the next refresh)."""
+    async with in_process_daemon() as daemon:
+        original = await read_credentials(daemon.url)
+        state = only_state(daemon)
+        world.proxy.fail_next("AssumeRole", fault)
+        clock.advance_to(state.next_attempt)
+        await settle(daemon, clock)
+        assert state.last_error is not None and state.last_error.code == "IncompleteResponse"
+        for path in (CREDS, "/latest/meta-data/iam/security-credentials-extended/role-01"):
+            reply = await asyncio.to_thread(get, daemon.url, path, await asyncio.to_thread(token, daemon.url))
+            assert reply.status == 200 and json.loads(reply.body)["AccessKeyId"] == original["AccessKeyId"]
+        clock.advance_to(state.next_attempt)  # the retry gets a good answer
+        await settle(daemon, clock)
+        assert state.last_error is None and (await read_credentials(daemon.url))["AccessKeyId"] != original[
+            "AccessKeyId"]
+
+
+def test_store_refuses_credentials_past_their_usable_time_and_keeps_what_it_had() -> None:
+    clock = FakeClock(start=1_000_000.0)
+    store = CredentialStore(clock)
+    spec = object()
+    valid = make_creds(clock.now)
+    store.put(spec, valid)  # type: ignore[arg-type]
+    for remaining in (60, 59, 0, -3600):
+        with pytest.raises(UnusableCredentials):
+            store.put(spec, make_creds(clock.now - 3600 + remaining))  # type: ignore[arg-type]
+        assert store.get(spec) is valid  # type: ignore[arg-type]
+    store.put(spec, make_creds(clock.now - 3600 + 61))  # type: ignore[arg-type]  # 61 s left: usable, for 1 s
+
+
+async def test_a_reload_after_the_credentials_expired_in_an_outage_keeps_the_daemon(
+        in_process_daemon, world: World, clock: FakeClock) -> None:
+    """'Has succeeded once' is not 'has valid credentials now': a reload during an outage that outlived the
+    credentials used to end the process (a failed assertion); it keeps the daemon, which recovers later."""
+    async with in_process_daemon() as daemon:
+        original = await read_credentials(daemon.url)
+        state = only_state(daemon)
+        world.proxy.outage("AssumeRole", "503")
+        while daemon.refresher.has_valid(state.spec):
+            clock.advance_to(state.next_attempt)
+            await settle(daemon, clock)
+        assert state.succeeded and (await read_credentials(daemon.url))["Code"] == "ServiceUnavailable"
+        daemon.load_config = lambda: daemon.config
+        await daemon.reload()
+        assert daemon.reload_rejected is None and not daemon.stop_requested.is_set()
+        world.proxy.outage("AssumeRole", None)
+        clock.advance_to(state.next_attempt)
+        await settle(daemon, clock)
+        recovered = await read_credentials(daemon.url)
+        assert recovered["Code"] == "Success" and recovered["AccessKeyId"] != original["AccessKeyId"]
+
+
+async def test_one_refresher_task_per_role_across_reloads(in_process_daemon, world: World, clock: FakeClock) -> None:
+    """Ten reloads of the same configuration start no second task: the next refresh is one AssumeRole."""
+    async with in_process_daemon() as daemon:
+        daemon.load_config = lambda: daemon.config
+        for _ in range(10):
+            await daemon.reload()
+        assert world.proxy.calls["AssumeRole"] == 1
+        state = only_state(daemon)
+        clock.advance_to(state.next_attempt)
+        await settle(daemon, clock)
+        assert world.proxy.calls["AssumeRole"] == 2
+        assert len(daemon.refresher.running) == 1

@@ -1,6 +1,6 @@
 """An HTTP proxy in front of moto that counts STS actions and injects the failures moto cannot produce.
 
-Throttling, 5xx, connection resets, hangs and cross-account denials come from here, per action and in
+Throttling, 5xx, connection resets, hangs, cross-account denials and spoiled answers come from here, per action and in
 order (`fail_next`) or until cleared (`outage`). `hold` parks matching requests until the test releases
 them, which makes "a refresh is in flight" a state a test can stand in without sleeping.
 The client's Host header is forwarded unchanged, or moto's SigV4 check would fail.
@@ -9,6 +9,7 @@ The client's Host header is forwarded unchanged, or moto's SigV4 check would fai
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import struct
 import threading
@@ -28,7 +29,14 @@ ERRORS = {
                "User: arn:aws:sts::111111110002:assumed-role/role-02/i-0 is not authorized to perform: "
                "sts:AssumeRole on resource: arn:aws:iam::111111110001:role/role-01"),
 }
-FAULTS = (*ERRORS, "reset", "hang")
+# Answers moto would never give: STS's own success answer, forwarded with one field spoiled.
+MANGLES = {
+    "arn-without-account": (re.compile(rb"<Arn>arn:aws:sts::\d{12}:assumed-role/"),
+                            b"<Arn>arn:aws:sts:::assumed-role/"),
+    "blank-secret": (re.compile(rb"<SecretAccessKey>[^<]*</SecretAccessKey>"),
+                     b"<SecretAccessKey></SecretAccessKey>"),
+}
+FAULTS = (*ERRORS, *MANGLES, "reset", "hang")
 
 
 class FaultProxy:
@@ -136,15 +144,18 @@ class FaultProxy:
         else:
             if self.latency:
                 time.sleep(self.latency)  # ok-sleep: this is the simulated network, not a test waiting
-            self._forward(request, body)
+            self._forward(request, body, MANGLES.get(fault or ""))
 
-    def _forward(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+    def _forward(self, request: BaseHTTPRequestHandler, body: bytes,
+                 mangle: tuple[re.Pattern[bytes], bytes] | None = None) -> None:
         upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
             # Host stays the client's (http.client keeps an explicit Host header), so SigV4 still verifies.
             upstream.request(request.command, request.path, body=body, headers=dict(request.headers.items()))
             response = upstream.getresponse()
             payload = response.read()
+            if mangle is not None:
+                payload = mangle[0].sub(mangle[1], payload)
             headers = {k: v for k, v in response.getheaders()
                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}
             self._reply(request, response.status, payload, headers)

@@ -79,6 +79,7 @@ class DaemonProcess:
                                      text=True)
         self.stdout_lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
+        self._stderr_changed = threading.Condition()
         self._readers = [threading.Thread(target=self._pump_stdout), threading.Thread(target=self._pump_stderr)]
         for reader in self._readers:
             reader.daemon = True
@@ -94,7 +95,14 @@ class DaemonProcess:
 
     def _pump_stderr(self) -> None:
         for line in self.proc.stderr:
-            self.stderr_lines.append(line.rstrip("\n"))
+            with self._stderr_changed:
+                self.stderr_lines.append(line.rstrip("\n"))
+                self._stderr_changed.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout: float = START_TIMEOUT) -> bool:
+        """Until a stderr line contains text (True), or timeout seconds pass (False)."""
+        with self._stderr_changed:
+            return self._stderr_changed.wait_for(lambda: any(text in line for line in self.stderr_lines), timeout)
 
     def _next_line(self) -> str | None:
         line = self.stdout_lines.get(timeout=START_TIMEOUT)
