@@ -137,7 +137,7 @@ class Daemon:
         try:
             self._session = await self._unless_stopped(in_daemon_thread(source_session))
         except NoSourceCredentials as error:
-            raise StartupError(str(error)) from None
+            raise (PermanentStartupError if error.permanent else StartupError)(str(error)) from None
         self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=config.sts_timeout)
         self.refresher = Refresher(self._assume, self.store, self.clock, on_outcome=self._on_outcome)
         self.metrics.watch(self.refresher, self.clock.time)

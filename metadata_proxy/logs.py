@@ -29,8 +29,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class NoLibraryTracebacks(logging.Filter):
+    """The libraries' own warnings keep their one line; their tracebacks (botocore logs a 15-line one when a
+    source credential cannot be refreshed) never reach the user. Our own failures are already one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".", 1)[0] in QUIET:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(NoLibraryTracebacks())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
+import botocore.session
 
 SELF_POINTING_CANDIDATES = ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 
@@ -59,14 +60,37 @@ def drop_self_pointing(environ: MutableMapping[str, str], host: str, port: int) 
 
 
 class NoSourceCredentials(Exception):
-    """The default chain found nothing usable; the message says what to provide."""
+    """The default chain found nothing usable; the message says what to provide.
+
+    permanent: retrying cannot help (an expired SSO login, a profile that needs an MFA code), as opposed to an
+    instance profile that is not there yet while the instance boots."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def source_session() -> boto3.Session:
-    """A boto3 session on the default chain that has credentials (blocking: it may ask the real IMDS)."""
+    """A boto3 session on the default chain whose credentials resolve now (blocking: it may ask the real IMDS).
+
+    Resolving them here, not at the first AssumeRole, turns a source that can never work in a daemon into one
+    line at start: an SSO login that has expired, or a profile that would prompt for an MFA code at every
+    refresh (botocore's prompt reads a terminal that a service does not have)."""
+    core = botocore.session.Session()
+    profile = core.profile or "default"
     try:
-        session = boto3.Session()
+        scoped = core.get_scoped_config()
+        if scoped.get("mfa_serial") and scoped.get("role_arn"):
+            raise NoSourceCredentials(
+                f"the profile {profile} needs an MFA code (mfa_serial), which nobody can type at each refresh: "
+                "give the daemon a profile without MFA, or an instance profile", permanent=True)
+        session = boto3.Session(botocore_session=core)
         credentials = session.get_credentials()
+        if credentials is not None:
+            credentials.get_frozen_credentials()
+    except botocore.exceptions.SSOError as error:
+        raise NoSourceCredentials(f"the SSO login of the profile {profile} is missing or has expired ({error}): "
+                                  f"run `aws sso login --profile {profile}`", permanent=True) from None
     except botocore.exceptions.BotoCoreError as error:  # a named profile that does not exist, a bad config file
         raise NoSourceCredentials(f"cannot load source credentials: {error}") from None
     if credentials is None:

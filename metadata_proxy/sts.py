@@ -33,6 +33,7 @@ PERMANENT_HINTS = {
     "UnrecognizedClientException": SOURCE_HINT,
     "IncompleteSignature": SOURCE_HINT,
     "ExpiredToken": "the source credentials have expired; renew them (aws sso login, new keys)",
+    "SourceCredentialsExpired": "the source profile's SSO login has expired: run `aws sso login --profile ...`",
     "NoSourceCredentials": SOURCE_HINT,
     "ValidationError": ("check --duration-seconds (role chaining allows at most 3600), --role-session-name "
                         "and --external-id"),
@@ -74,6 +75,8 @@ def classify(error: Exception, role_arn: str) -> StsError:
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         transient = code in TRANSIENT_CODES or (code not in PERMANENT_HINTS and (status >= 500 or status == 429))
         return StsError(code, message, transient=transient, role_arn=role_arn)
+    if isinstance(error, botocore.exceptions.SSOError):  # the source's SSO login expired since start
+        return StsError("SourceCredentialsExpired", str(error), transient=False, role_arn=role_arn)
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return StsError("NoSourceCredentials", "no source credentials found", transient=False, role_arn=role_arn)
     if isinstance(error, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):

@@ -141,3 +141,36 @@ def test_ipv6_loopback(start_daemon: StartDaemon) -> None:
     url = process.wait_ready()
     assert url and url.startswith("http://[::1]:")
     assert get(url, "/latest/meta-data/iam/security-credentials/", token(url)).text == "role-01"
+
+
+SOURCE_PROFILES = """
+[profile expired-sso]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+sso_account_id = 111111110002
+sso_role_name = reader
+
+[profile needs-mfa]
+role_arn = arn:aws:iam::111111110002:role/role-02
+source_profile = keys
+mfa_serial = arn:aws:iam::111111110002:mfa/operator
+
+[profile keys]
+aws_access_key_id = AKIAEXAMPLEEXAMPLE00
+aws_secret_access_key = secret
+"""
+
+
+@pytest.mark.parametrize(("profile", "fix"), [
+    ("expired-sso", "run `aws sso login --profile expired-sso`"),
+    ("needs-mfa", "the profile needs-mfa needs an MFA code (mfa_serial)"),
+])
+def test_source_profiles_that_retrying_cannot_heal_exit_4_at_start(start_daemon: StartDaemon, world: World,
+                                                                   tmp_path: Path, profile: str, fix: str) -> None:
+    """They used to retry forever, with a 15-line botocore traceback each time."""
+    config = tmp_path / "aws-config"
+    config.write_text(SOURCE_PROFILES)
+    process = start_daemon(env={"AWS_CONFIG_FILE": str(config), "AWS_PROFILE": profile}, source=False)
+    line = assert_clean_failure(process, code=4)
+    assert fix in line
+    assert world.proxy.calls["AssumeRole"] == 0

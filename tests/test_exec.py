@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,19 @@ from metadata_proxy.exec import run_exec
 from tests.conftest import World
 from tests.support.fakeclock import FakeClock
 from tests.support.net import parse_time
+from tests.support.notify import NotifySocket
 from tests.support.processes import BIN, ROLE_01_SESSION, START_TIMEOUT, daemon_env, run
 
 
 def exec_args(world: World, *rest: str) -> list[str]:
     return [sys.executable, "-m", "metadata_proxy", "exec", "--role-arn", scenario.ROLE_01_ARN,
             "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, *rest]
+
+
+WHOAMI = """
+import boto3
+print(boto3.client("sts", region_name="us-east-1", endpoint_url=sys.argv[1]).get_caller_identity()["Arn"])
+"""
 
 
 def test_command_runs_as_role_01(world: World, tmp_path: Path) -> None:
@@ -48,6 +56,35 @@ def test_command_not_found_is_127_with_one_line(world: World, tmp_path: Path) ->
     assert result.returncode == 127
     (line,) = result.stderr.splitlines()
     assert "command not found: no-such-command-xyz" in line
+
+
+def test_exec_next_to_the_running_service_with_its_config(world: World, tmp_path: Path) -> None:
+    """With the shipped example config (admin_port, allow-list, hop limit) while the service holds the admin
+    port and runs under systemd: exec binds none of the service's listeners and passes on none of systemd's
+    variables (the command would otherwise ping the service's watchdog)."""
+    config = tmp_path / "config.toml"
+    example = (Path(__file__).parent.parent / "systemd" / "examples" / "config.toml").read_text()
+    with socket.socket() as service_admin:
+        service_admin.bind(("127.0.0.1", 0))
+        service_admin.listen()
+        admin_port = service_admin.getsockname()[1]
+        lines = [line for line in example.splitlines() if not line.startswith(("role_arn", "admin_port", "region"))]
+        config.write_text("\n".join([f'role_arn = "{scenario.ROLE_01_ARN}"', f"admin_port = {admin_port}",
+                                     "allow_uid = [12345]", "hop_limit = 1", *lines]) + "\n")
+        notify = NotifySocket(tmp_path)
+        env = daemon_env(tmp_path, **world.source.environ(), NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="30000000")
+        probe = "import os, sys; print(sorted(k for k in os.environ if k in ('NOTIFY_SOCKET', 'WATCHDOG_USEC')))"
+        try:
+            result = run([sys.executable, "-m", "metadata_proxy", "exec", "--config", str(config),
+                          "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, "--",
+                          sys.executable, "-c", probe + "\n" + WHOAMI, world.moto_url], env)
+            assert notify.pending() == []  # not a word to the service's systemd
+        finally:
+            notify.close()
+    assert result.returncode == 0, result.stderr
+    shown, arn = result.stdout.splitlines()[-2:]
+    assert shown == "[]"
+    assert ROLE_01_SESSION.match(arn)
 
 
 def test_needs_a_command_or_env(world: World, tmp_path: Path) -> None:
