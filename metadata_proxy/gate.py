@@ -50,11 +50,9 @@ class HostCheck:
         return known
 
     def _judge(self, host_header: str) -> bool:
-        name = host_header.strip().lower()
-        if name.startswith("["):
-            name = name[1:].split("]", 1)[0]
-        elif name.count(":") == 1:
-            name = name.split(":", 1)[0]
+        name, port = _split_host(host_header.strip().lower())
+        if port is not None and not (port.isascii() and port.isdigit()):
+            return False  # "[::1].attacker.example" or "localhost:x": not a host and port at all
         name = name.rstrip(".")
         if name == "localhost":
             return True
@@ -63,6 +61,18 @@ class HostCheck:
         except ValueError:
             return False
         return address.is_loopback or address == self._bound or self._bound.is_unspecified
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """`[v6]:port`, `name:port` or a bare name/address -> (host, port or None). What follows `]` must be a
+    port: anything else is returned as the port, to be refused."""
+    if value.startswith("["):
+        inside, _, rest = value[1:].partition("]")
+        return inside, (rest[1:] if rest.startswith(":") else rest) if rest else None
+    if value.count(":") == 1:
+        name, port = value.split(":")
+        return name, port
+    return value, None
 
 
 def printable(path: str, limit: int = 200) -> str:

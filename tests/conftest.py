@@ -95,27 +95,45 @@ def world(session_world: World) -> Iterator[World]:
     session_world.proxy.reset()
 
 
+# The daemon's two event loops: every test that starts a daemon process through the fixtures below runs on
+# both (asyncio's own, which the systemd unit and the image use by default, and uvloop, the `fast` extra).
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
 def launch(world: World, home: Path, *args: str, env: dict[str, str] | None = None, source: bool = True,
-           role_arn: str | None = scenario.ROLE_01_ARN) -> DaemonProcess:
+           role_arn: str | None = scenario.ROLE_01_ARN, loop: str | None = None) -> DaemonProcess:
     """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False).
-    role_arn=None leaves the role (and port) to a --config file in args."""
+    role_arn=None leaves the role (and port) to a --config file in args; loop picks the event loop."""
     environment = daemon_env(home, **(world.source.environ() if source else {}))
+    if loop is not None:
+        environment["METADATA_PROXY_EVENT_LOOP"] = loop
     environment.update(env or {})
     role = ["--role-arn", role_arn, "--port", "0"] if role_arn else []
     return DaemonProcess(["serve", *role, "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, *args],
                          environment)
 
 
-def launch_ready(world: World, home: Path, *args: str) -> DaemonProcess:
-    process = launch(world, home, *args)
+def launch_ready(world: World, home: Path, *args: str, loop: str | None = None) -> DaemonProcess:
+    process = launch(world, home, *args, loop=loop)
     assert process.wait_ready(), process.stderr
     return process
 
 
+@pytest.fixture(scope="module", params=EVENT_LOOPS)
+def module_loop(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=EVENT_LOOPS)
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def shared_daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def shared_daemon(session_world: World, tmp_path_factory: pytest.TempPathFactory,
+                  module_loop: str) -> Iterator[DaemonProcess]:
     """One plain daemon (role-01, defaults) for a whole test module whose tests only read from it."""
-    process = launch_ready(session_world, tmp_path_factory.mktemp("shared"))
+    process = launch_ready(session_world, tmp_path_factory.mktemp("shared"), loop=module_loop)
     yield process
     process.stop()
 
@@ -128,11 +146,12 @@ def url(shared_daemon: DaemonProcess) -> str:
 
 
 @pytest.fixture
-def start_daemon(world: World, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """launch() for one test; every daemon started is stopped afterwards."""
+def start_daemon(world: World, tmp_path: Path, loop_name: str) -> Iterator[Callable[..., DaemonProcess]]:
+    """launch() for one test, on each event loop; every daemon started is stopped afterwards."""
     started: list[DaemonProcess] = []
 
     def start(*args: str, **kwargs) -> DaemonProcess:
+        kwargs.setdefault("loop", loop_name)
         started.append(launch(world, tmp_path / "daemon-home", *args, **kwargs))
         return started[-1]
 

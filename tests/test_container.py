@@ -66,6 +66,19 @@ def test_credentials_with_the_token(daemon: DaemonProcess, full_uri: str, token_
     assert doc["RoleArn"] == scenario.ROLE_01_ARN
 
 
+@pytest.mark.parametrize("spoil", [lambda t: t + "x", lambda t: t[:-1], lambda t: t[: len(t) // 2],
+                                   lambda t: "A" * len(t), lambda t: t[::-1],
+                                   lambda t: "Bearer " + t, lambda t: t.upper() if t != t.upper() else t.lower()],
+                         ids=["appended", "one-short", "prefix", "same-length", "reversed",
+                              "bearer", "other-case"])
+def test_near_miss_tokens_are_refused(daemon: DaemonProcess, full_uri: str, token_file: Path, spoil) -> None:
+    """Only the exact token: a character appended, a prefix, another token of the same length, ... are 403."""
+    genuine = token_file.read_text()
+    reply = request(daemon.url, "GET", path_of(full_uri), {"Authorization": spoil(genuine)})
+    assert reply.status == 403
+    assert not {"AccessKeyId", "SecretAccessKey", "Token"} & set(json.loads(reply.body))
+
+
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "wrong-token-0123456789"}, 403),
                                                  ({"Authorization": ""}, 403)])
 def test_missing_or_wrong_token(daemon: DaemonProcess, full_uri: str, headers: dict[str, str],

@@ -213,7 +213,11 @@ def test_configured_instance_values(session_world: World, tmp_path: Path) -> Non
 
 # --- §8.11 and issue "basic safety": Host allow-list, header limits, no CORS ---
 
-@pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:9254", "169.254.169.254.nip.io"])
+@pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:9254", "169.254.169.254.nip.io",
+                                  # near-misses of accepted names: a rebinding name may start like one
+                                  "localhost.attacker.example", "127.0.0.1.attacker.example",
+                                  "localhost.attacker.example:9254", "xlocalhost", "localhost-", "127.0.0.1x",
+                                  "[::1].attacker.example", "10.0.0.1", "0x7f.attacker.example"])
 def test_foreign_host_header_is_refused(url: str, tok: str, host: str) -> None:
     """§8.11 DNS-rebinding defence: a page on a rebinding name cannot read the endpoint."""
     reply = get(url, CREDS + "role-01", tok, headers={"Host": host})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import scenario
-from tests.conftest import World, launch
+from tests.conftest import EVENT_LOOPS, World, launch
 from tests.support.http import get, token
 from tests.support.net import free_port
 from tests.support.notify import NotifySocket
@@ -40,10 +40,16 @@ def roles_config(path: Path, roles: list[tuple[str, int]], extra: str = "") -> P
     return path
 
 
-def start(world: World, home: Path, config: Path, notify: NotifySocket, *args: str,
-          env: dict[str, str] | None = None) -> DaemonProcess:
-    return launch(world, home, "--config", str(config), *args, role_arn=None,
-                  env={"NOTIFY_SOCKET": notify.path, **(env or {})})
+@pytest.fixture(params=EVENT_LOOPS)
+def start(request: pytest.FixtureRequest):
+    """Starts `serve --config FILE` on each event loop, reporting to a stand-in systemd."""
+
+    def launch_with(world: World, home: Path, config: Path, notify: NotifySocket, *args: str,
+                    env: dict[str, str] | None = None) -> DaemonProcess:
+        return launch(world, home, "--config", str(config), *args, role_arn=None, loop=request.param,
+                      env={"NOTIFY_SOCKET": notify.path, **(env or {})})
+
+    return launch_with
 
 
 def reload(process: DaemonProcess, notify: NotifySocket) -> str:
@@ -84,7 +90,7 @@ def token_directory_replaced_by_a_file(config: Path) -> None:
 
 
 @pytest.mark.parametrize("spoil", [non_utf8_comment, fifo_instead_of_the_file, token_directory_replaced_by_a_file])
-def test_a_reload_that_cannot_read_its_files_keeps_serving(world: World, tmp_path: Path, notify: NotifySocket,
+def test_a_reload_that_cannot_read_its_files_keeps_serving(start, world: World, tmp_path: Path, notify: NotifySocket,
                                                            spoil) -> None:
     port = free_port()
     config = roles_config(tmp_path / "config.toml", [(scenario.ROLE_01_ARN, port)], "container_credentials = true\n")
@@ -104,7 +110,7 @@ def test_a_reload_that_cannot_read_its_files_keeps_serving(world: World, tmp_pat
 
 @pytest.mark.parametrize(("spoil", "reason"), [(non_utf8_comment, "line 5: not UTF-8 text (byte 0xe9)"),
                                                (fifo_instead_of_the_file, "not a regular file")])
-def test_a_config_file_that_cannot_be_read_at_start_is_one_line_and_exit_2(world: World, tmp_path: Path,
+def test_a_config_file_that_cannot_be_read_at_start_is_one_line_and_exit_2(start, world: World, tmp_path: Path,
                                                                             notify: NotifySocket, spoil,
                                                                             reason: str) -> None:
     config = roles_config(tmp_path / "config.toml", [(scenario.ROLE_01_ARN, free_port())])
@@ -117,7 +123,7 @@ def test_a_config_file_that_cannot_be_read_at_start_is_one_line_and_exit_2(world
     assert str(config) in line and reason in line
 
 
-def test_a_token_directory_that_is_a_file_at_start_is_one_line_and_exit_2(world: World, tmp_path: Path,
+def test_a_token_directory_that_is_a_file_at_start_is_one_line_and_exit_2(start, world: World, tmp_path: Path,
                                                                           notify: NotifySocket) -> None:
     runtime = tmp_path / "runtime"
     runtime.write_text("a file")
@@ -131,7 +137,7 @@ def test_a_token_directory_that_is_a_file_at_start_is_one_line_and_exit_2(world:
 
 # --- reloads that move roles between listeners ---
 
-def test_a_renamed_role_keeps_its_port_and_swapped_ports_swap(world: World, role_04: str, tmp_path: Path,
+def test_a_renamed_role_keeps_its_port_and_swapped_ports_swap(start, world: World, role_04: str, tmp_path: Path,
                                                              notify: NotifySocket) -> None:
     """Changing role_arn on a kept port, and swapping two roles' ports, never bind a port that is held."""
     port_a, port_b = free_port(), free_port()
@@ -154,7 +160,7 @@ def test_a_renamed_role_keeps_its_port_and_swapped_ports_swap(world: World, role
     assert "Address already in use" not in process.stderr
 
 
-def test_a_failed_reload_leaves_no_token_file_behind(world: World, tmp_path: Path, notify: NotifySocket) -> None:
+def test_a_failed_reload_leaves_no_token_file_behind(start, world: World, tmp_path: Path, notify: NotifySocket) -> None:
     """role-05 is refused by STS (policy-02 allows role-01 only): the reload fails and takes its token file back."""
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
@@ -174,7 +180,7 @@ def test_a_failed_reload_leaves_no_token_file_behind(world: World, tmp_path: Pat
         stopped_cleanly(process)
 
 
-def test_a_reload_applies_a_new_sts_timeout_and_a_stop_ends_its_wait(world: World, tmp_path: Path,
+def test_a_reload_applies_a_new_sts_timeout_and_a_stop_ends_its_wait(start, world: World, tmp_path: Path,
                                                                     notify: NotifySocket) -> None:
     """sts_timeout used to be ignored on reload, and SIGTERM waited out the reload's 60 s wait for a new role.
     Reloading to 1 s while STS hangs: the new role's AssumeRole gives up after 1 s (not the 60 s the daemon

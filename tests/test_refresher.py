@@ -81,8 +81,9 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     policy = RefreshPolicy()
     rng = random.Random(7)
     delays = [policy.backoff(n, rng) for n in range(1, 40)]
-    assert all(0 < d <= policy.backoff_cap for d in delays)
-    assert delays[0] <= 1.0 and max(delays) > 30
+    assert all(0 < d <= 60 for d in delays)  # never more than a minute between retries
+    assert 0.5 <= delays[0] <= 1.0 and max(delays) > 30
+    assert all(30 <= d <= 60 for d in delays[7:])  # capped at 60 s, with jitter never below half of it
     assert len({round(d, 6) for d in delays[10:]}) > 1  # jittered, not a fixed cap
 
 

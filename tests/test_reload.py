@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from metadata_proxy import scenario
 from tests.conftest import World, launch
-from tests.support.http import get, token
+from tests.support.http import get, request, token
 from tests.support.net import free_port
 from tests.support.notify import NotifySocket
 
@@ -138,3 +139,33 @@ def test_reloads_under_traffic_lose_no_request(world: World, role_04: str, tmp_p
     assert "reload failed, still running the previous configuration" in log and "bogus_key" in log
     assert log.count("reloaded: serving") == 2
     assert "Traceback" not in log
+
+
+def test_a_reload_that_tightens_the_allow_list_applies_to_the_next_request(world: World, tmp_path: Path,
+                                                                           notify: NotifySocket) -> None:
+    """Even on a connection that was opened, and allowed, before the reload."""
+    me = os.geteuid()
+    port = free_port()
+    config = tmp_path / "config.toml"
+    write_config(config, [(scenario.ROLE_01_ARN, port, 3600)], f"allow_uid = [{me}]\n")
+    process = launch(world, tmp_path, "--config", str(config), role_arn=None, env={"NOTIFY_SOCKET": notify.path})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    put = ("PUT", "/latest/api/token", None, {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    try:
+        assert process.wait_ready()
+        conn.request(*put)
+        assert conn.getresponse().read() and conn.sock is not None  # allowed, and kept alive
+        write_config(config, [(scenario.ROLE_01_ARN, port, 3600)], f"allow_uid = [{me + 1}]\n")
+        process.proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING", "1")
+        assert "rejected" not in notify.wait_for("READY", "1").get("STATUS", "")
+        try:
+            conn.request(*put)
+            reply = conn.getresponse()
+            assert reply.status == 403 and b"may not use metadata-proxy" in reply.read()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            pass  # closed at once: refused all the same
+        assert request(f"http://127.0.0.1:{port}/", *put[:2], put[3]).status == 403
+    finally:
+        conn.close()
+        assert process.stop() == 0

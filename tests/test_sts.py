@@ -35,7 +35,9 @@ def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
 def test_classify(error: Exception, code: str, transient: bool) -> None:
     sts_error = classify(error, scenario.ROLE_01_ARN)
     assert (sts_error.code, sts_error.transient) == (code, transient)
-    assert sts_error.hint
+    # What an operator reads: "retrying" for a transient error, else something to check, naming what.
+    assert (sts_error.hint == "a transient error; retrying") == transient
+    assert transient or sts_error.hint.startswith(("check", "the source", "STS is not activated", "shorten"))
 
 
 @pytest.mark.parametrize("role_arn", ["arn:aws:iam::111111110001:role/role-01",
