@@ -180,7 +180,6 @@ print(json.dumps({{"uid": os.getuid(), "method": credentials.method, "arn": sts.
 """
 
 
-@pytest.mark.timeout(180)
 def test_a_consumer_in_the_token_group_gets_the_role_and_one_outside_it_is_denied(start_daemon, world: World) -> None:
     """The daemon (root here) makes its default token directory 0700: with --container-token-group the file
     is 0640 with that group and the directory 0710, so a consumer running as nobody in that group reads the
