@@ -14,7 +14,7 @@ from metadata_proxy.addresses import DEFAULT_PORT, endpoint_url, reachable_host
 from metadata_proxy.config import ServeConfig, load_serve_config
 from metadata_proxy.errors import EXIT_USAGE, ConfigError
 from metadata_proxy.logs import setup_logging
-from metadata_proxy.options import add_serve_arguments
+from metadata_proxy.options import DEFAULT_CONFIG, add_serve_arguments
 from metadata_proxy.values import parse_account, parse_bucket, parse_host, parse_name, parse_port
 
 
@@ -49,6 +49,18 @@ def build_parser() -> Parser:
     health.add_argument("--url", default=None,
                         help="the daemon's endpoint (default http://HOST:PORT/ from METADATA_PROXY_HOST and "
                              f"METADATA_PROXY_PORT, else http://127.0.0.1:{DEFAULT_PORT}/)")
+    process = commands.add_parser(
+        "credential-process", help="print a running daemon's credentials for a credential_process profile",
+        description="Print the credentials a running daemon serves, as the JSON of a credential_process line in "
+                    "~/.aws/config: credential_process = metadata-proxy credential-process. Without --url it reads "
+                    "the daemon's settings (config file, METADATA_PROXY_* variables) and asks the role's container "
+                    "endpoint when this user can read its token file, IMDS otherwise; without settings, "
+                    f"IMDS at http://127.0.0.1:{DEFAULT_PORT}/. Exit 1 with one line on stderr when it gets none.")
+    process.add_argument("--url", default=None, help="ask IMDS at this endpoint, e.g. http://127.0.0.1:9255/")
+    process.add_argument("--role", metavar="NAME", default=None,
+                         help="the role to ask for, by its name (for a daemon serving several roles)")
+    process.add_argument("--config", metavar="PATH", default=None,
+                         help=f"the daemon's config file (default {DEFAULT_CONFIG} if it exists)")
     execute = commands.add_parser(
         "exec", help="run a command as the role (credentials stay valid for as long as it runs)",
         usage="metadata-proxy exec [--role-arn ARN | --config PATH] [options] [--env | -- COMMAND [ARGS...]]",
@@ -145,6 +157,25 @@ def run_healthcheck(parser: Parser, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_credential_process(parser: Parser, args: argparse.Namespace) -> int:
+    from metadata_proxy.credential_process import credentials_json, resolve
+    from metadata_proxy.imds_client import EndpointError
+    from metadata_proxy.values import parse_url
+
+    url = checked(parser, "url", parse_url, args.url)
+    role = checked(parser, "role", parse_name, args.role)
+    try:
+        target = resolve(url, role, args.config, os.environ, local_endpoint(os.environ))
+    except (ConfigError, ValueError) as error:  # ValueError: METADATA_PROXY_HOST or _PORT is not one
+        parser.error(str(error))
+    try:
+        print(credentials_json(target))
+    except EndpointError as error:  # the SDK shows this line to the user: it never holds a secret
+        print(f"metadata-proxy credential-process: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_exec(parser: Parser, args: argparse.Namespace) -> int:
     command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
     if args.env == bool(command):
@@ -160,18 +191,13 @@ def run_policies(parser: Parser, args: argparse.Namespace) -> int:
     from metadata_proxy.policies import PLACEHOLDER_ACCOUNT, CrossAccountSetup
     from metadata_proxy.values import parse_external_id, parse_role_arn
 
-    def checked(flag: str, parse: Callable[[str], str], value: str | None) -> str | None:
-        try:
-            return None if value is None else parse(value)
-        except ValueError as error:
-            parser.error(f"--{flag}: {error} (got {value!r})")
-
     setup = CrossAccountSetup(
-        trusting_role_name=checked("trusting-role-name", parse_name, args.trusting_role_name),
-        trusting_account=checked("trusting-account", parse_account, args.trusting_account) or PLACEHOLDER_ACCOUNT,
-        trusted_role_arn=checked("trusted-role-arn", parse_role_arn, args.trusted_role_arn),
-        bucket=checked("bucket", parse_bucket, args.bucket),
-        external_id=checked("external-id", parse_external_id, args.external_id), broad=args.broad)
+        trusting_role_name=checked(parser, "trusting-role-name", parse_name, args.trusting_role_name),
+        trusting_account=(checked(parser, "trusting-account", parse_account, args.trusting_account)
+                          or PLACEHOLDER_ACCOUNT),
+        trusted_role_arn=checked(parser, "trusted-role-arn", parse_role_arn, args.trusted_role_arn),
+        bucket=checked(parser, "bucket", parse_bucket, args.bucket),
+        external_id=checked(parser, "external-id", parse_external_id, args.external_id), broad=args.broad)
     if not args.trusting_account:
         print(f"# --trusting-account not given: replace {PLACEHOLDER_ACCOUNT} with the bucket owner's account id",
               file=sys.stderr)
@@ -187,8 +213,16 @@ def run_doctor(parser: Parser, args: argparse.Namespace) -> int:
     return run_doctor(config, args.bucket, args.s3_endpoint_url, args.url)
 
 
+def checked(parser: Parser, flag: str, parse: Callable[[str], str], value: str | None) -> str | None:
+    """A flag's value through its parser; a wrong one is the usual one line and exit 2."""
+    try:
+        return None if value is None else parse(value)
+    except ValueError as error:
+        parser.error(f"--{flag}: {error} (got {value!r})")
+
+
 COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck, "exec": run_exec,
-            "policies": run_policies, "doctor": run_doctor}
+            "policies": run_policies, "doctor": run_doctor, "credential-process": run_credential_process}
 
 
 def local_endpoint(environ: os._Environ[str]) -> str:

@@ -67,6 +67,7 @@ class ServeConfig:
     allow_imdsv1: bool = False
     allow_non_loopback: bool = False
     container_credentials: bool = False
+    container_token_group: int | None = None  # a gid: consumers in it may read the token files
     instance_id: str | None = None
     availability_zone: str | None = None
     allow_uid: tuple[int, ...] = ()

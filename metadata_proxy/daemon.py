@@ -133,7 +133,7 @@ class Daemon:
         for listener in self.listeners:
             for name in drop_self_pointing(self.environ, config.host, listener.port):
                 log.info("ignoring %s for the source credentials: it points at this daemon", name)
-        tokens = self._container_tokens(config.roles) if config.container_credentials else {}
+        tokens = self._container_tokens(config) if config.container_credentials else {}
         try:
             self._session = await self._unless_stopped(in_daemon_thread(source_session))
         except NoSourceCredentials as error:
@@ -207,16 +207,16 @@ class Daemon:
         sock = bind_socket(self.config.host, role.port)
         return Listener(role, sock, endpoint_url(self.config.host, sock.getsockname()[1]))
 
-    def _container_tokens(self, roles: Iterable[RoleConfig]) -> dict[str, tuple[str, str]]:
+    def _container_tokens(self, config: ServeConfig) -> dict[str, tuple[str, str]]:
         """role name -> (token file, token), reading an operator's file or creating one."""
         tokens = {}
-        for role in roles:
+        for role in config.roles:
             path = role.container_token_file
             if path is None:
                 directory = default_token_dir(self.environ)
-                ensure_private_dir(directory)
+                ensure_private_dir(directory, config.container_token_group)
                 path = os.path.join(directory, f"{role.name}.token")
-            tokens[role.name] = (path, load_or_create_token(path))
+            tokens[role.name] = (path, load_or_create_token(path, config.container_token_group))
         return tokens
 
     def _routes(self, listener: Listener) -> None:
@@ -321,7 +321,7 @@ class Daemon:
         if not plan.config.container_credentials:
             return {}
         known = {listener.token_file for listener in self.listeners}
-        tokens = self._container_tokens(plan.config.roles)
+        tokens = self._container_tokens(plan.config)
         for path, _token in tokens.values():
             if path not in known:
                 undo.callback(_remove_if_exists, path)

@@ -17,7 +17,7 @@ import botocore.exceptions
 
 from metadata_proxy.addresses import endpoint_url, reachable_host
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.healthcheck import fetch_credentials
+from metadata_proxy.imds_client import EndpointError, NoCredentials, NotListening, imds_credentials
 from metadata_proxy.model import RoleSpec, format_time, region_of, role_of_assumed
 from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, source_session
 from metadata_proxy.sts import AssumeRoleClient, StsError
@@ -140,16 +140,15 @@ class Doctor:
         url = self.daemon_url or endpoint_url(reachable_host(self.config.host), role.port)
         name = f"local endpoint {url}"
         try:
-            document = fetch_credentials(url)
-        except (OSError, ValueError) as error:
-            if isinstance(getattr(error, "reason", None), ConnectionRefusedError):  # urllib wraps it
-                self.add(name, "skip", "no daemon is listening there")
-            else:
-                self.add(name, "FAIL", str(error), "is another program on that port?")
+            _, document = imds_credentials(url)
+        except NotListening:
+            self.add(name, "skip", "no daemon is listening there")
             return
-        if document.get("Code") != "Success":
-            self.add(name, "FAIL", f"{document.get('Code')}: {document.get('Message')}",
-                     "the daemon cannot assume the role: see its log")
+        except NoCredentials as error:
+            self.add(name, "FAIL", str(error), "the daemon cannot assume the role: see its log")
+            return
+        except EndpointError as error:
+            self.add(name, "FAIL", str(error), "is another program on that port?")
             return
         served = boto3.Session(aws_access_key_id=document["AccessKeyId"],
                                aws_secret_access_key=document["SecretAccessKey"],

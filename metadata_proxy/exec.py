@@ -82,7 +82,8 @@ async def run_exec(config: ServeConfig, command: Sequence[str], clock: Clock | N
         # The role's settings only: none of a service's listeners (admin port, allow-list, hop limit) nor its
         # systemd plumbing, so exec works next to the running service with the same configuration file.
         private_config = replace(config, roles=(role,), host="127.0.0.1", container_credentials=True,
-                                 admin_port=None, hop_limit=None, allow_uid=(os.geteuid(),), allow_user=())
+                                 admin_port=None, hop_limit=None, allow_uid=(os.geteuid(),), allow_user=(),
+                                 container_token_group=None)
         daemon = Daemon(private_config, clock, notifier=Notifier({}))
         serving = await daemon.start_in_background()
         try:

@@ -21,6 +21,7 @@ from metadata_proxy.values import (
     parse_duration,
     parse_event_loop,
     parse_external_id,
+    parse_group,
     parse_hop_limit,
     parse_host,
     parse_instance_id,
@@ -100,6 +101,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("container-token-file", parse_path,
            "file holding the container endpoint's token: read if it exists, else created (mode 0600)", "PATH",
            role=True, is_path=True),
+    Option("container-token-group", parse_group,
+           "group (name or gid) that may read the container token files: they get mode 0640 and this group, "
+           "for consumers running as other users", "GROUP"),
     Option("instance-id", parse_instance_id, "instance id to report (default derived from the host name)", "ID"),
     Option("availability-zone", parse_availability_zone,
            "availability zone to report (default <region>a)", "AZ"),

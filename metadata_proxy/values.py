@@ -3,6 +3,7 @@ ValueError with the reason (config.py adds which flag, variable or key it was)."
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import re
@@ -101,6 +102,16 @@ def parse_user(value: str) -> int:
     from metadata_proxy.peercred import parse_user as lookup
 
     return lookup(value)
+
+
+def parse_group(value: str) -> int:
+    """A group name, or a numeric gid (which need not have a name here, as in a container)."""
+    if value.isdigit():
+        return parse_uid(value)  # the same range as a uid
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {value}") from None
 
 
 def parse_timeout(value: str) -> float:

@@ -58,6 +58,7 @@ def test_role_path_and_partitions_are_accepted() -> None:
     (["--role-arn", ARN, "--sts-endpoint-url", "sts.amazonaws.com"], {}, "--sts-endpoint-url"),
     (["--role-arn", ARN], {"METADATA_PROXY_ALLOW_IMDSV1": "maybe"}, "METADATA_PROXY_ALLOW_IMDSV1"),
     (["--role-arn", ARN], {"METADATA_PROXY_LOG_LEVEL": "loud"}, "METADATA_PROXY_LOG_LEVEL"),
+    (["--role-arn", ARN, "--container-token-group", "no-such-group-here"], {}, "--container-token-group"),
 ])
 def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names.replace("-", r"\-")):
@@ -118,6 +119,14 @@ external_id = "ext-1"
     assert (first.name, first.port, first.duration_seconds) == ("role-01", 9301, 1800)
     assert (second.name, second.port, second.duration_seconds, second.external_id) == ("other", 9302, 900, "ext-1")
     assert first.session_policy == second.session_policy == '{"Version":"2012-10-17","Statement":[]}'
+
+
+def test_container_token_group_by_name_or_gid_from_flag_variable_or_file(tmp_path) -> None:
+    assert config(["--role-arn", ARN, "--container-token-group", "root"]).container_token_group == 0
+    assert config(["--role-arn", ARN], {"METADATA_PROXY_CONTAINER_TOKEN_GROUP": "10100"}).container_token_group == 10100
+    path = write(tmp_path, f'role_arn = "{ARN}"\ncontainer_token_group = "10101"\n')
+    assert config(["--config", path]).container_token_group == 10101
+    assert config(["--role-arn", ARN]).container_token_group is None
 
 
 def test_flags_and_env_win_over_the_file(tmp_path) -> None:

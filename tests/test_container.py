@@ -16,7 +16,8 @@ from metadata_proxy import scenario
 from metadata_proxy.demo import listing_rows
 from tests.conftest import World, launch
 from tests.support.http import request
-from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node
+from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node, run
+from tests.support.users import NOBODY, needs_root, reachable_dir, unused_gids
 
 CONTAINER_VARS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
 
@@ -166,3 +167,56 @@ def test_operator_token_file_with_a_newline_stops_the_start(start_daemon, tmp_pa
     assert process.wait() == 2
     (line,) = [x for x in process.stderr_lines if x.startswith("metadata-proxy: error:")]
     assert "newline" in line and str(bad) in line
+
+
+# --- consumers running as another user: the token group ---
+
+# A consumer as another user, in the given primary group: botocore's default chain, unmodified, reading the
+# token file named by AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE. The child drops to that user itself, after its
+# imports and a first request (so botocore has loaded its modules and data files): the interpreter and its
+# packages may live where only root may read (a home directory), and what matters is who reads the token file.
+CONSUMER_PROBE = f"""
+import json, os, sys
+import botocore.exceptions, botocore.session
+session = botocore.session.get_session()
+session.set_config_variable("region", "{scenario.REGION}")
+try:  # a first request loads every module a request needs (urllib3, idna, the XML parser)
+    session.create_client("sts", endpoint_url=sys.argv[1], aws_access_key_id="AKIAUNUSED",
+                          aws_secret_access_key="unused").get_caller_identity()
+except botocore.exceptions.ClientError:
+    pass
+os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid({NOBODY})
+credentials = session.get_credentials()
+sts = session.create_client("sts", endpoint_url=sys.argv[1], aws_access_key_id=credentials.access_key,
+                            aws_secret_access_key=credentials.secret_key, aws_session_token=credentials.token)
+print(json.dumps({{"uid": os.getuid(), "method": credentials.method, "arn": sts.get_caller_identity()["Arn"]}}))
+"""
+
+
+def test_a_consumer_in_the_token_group_gets_the_role_and_one_outside_it_is_denied(start_daemon, world: World) -> None:
+    """The daemon (root here) makes its default token directory 0700: with --container-token-group the file
+    is 0640 with that group and the directory 0710, so a consumer running as nobody in that group reads the
+    token and gets role-01; nobody in its own group (the near-miss) gets "Permission denied"."""
+    needs_root()
+    (group,) = unused_gids(1)
+    with reachable_dir() as runtime:
+        process = start_daemon("--container-credentials", "--container-token-group", str(group),
+                               env={"XDG_RUNTIME_DIR": str(runtime)})
+        assert process.wait_ready(), process.stderr
+        token_file = Path(process.export("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
+        assert token_file == runtime / "metadata-proxy" / "role-01.token"
+        assert (stat.S_IMODE(token_file.stat().st_mode), token_file.stat().st_gid) == (0o640, group)
+        directory = token_file.parent.stat()
+        assert (stat.S_IMODE(directory.st_mode), directory.st_gid) == (0o710, group)
+        env = client_env(runtime / "consumer", AWS_EC2_METADATA_DISABLED="true",
+                         AWS_CONTAINER_CREDENTIALS_FULL_URI=process.export("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+                         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file))
+
+        member = run([sys.executable, "-c", CONSUMER_PROBE, world.moto_url, str(group)], env)
+        assert member.returncode == 0, member.stderr
+        probe = json.loads(member.stdout)
+        assert probe["uid"] == NOBODY and probe["method"] == "container-role" and ROLE_01_SESSION.match(probe["arn"])
+
+        outsider = run([sys.executable, "-c", CONSUMER_PROBE, world.moto_url, str(NOBODY)], env)
+        assert outsider.returncode != 0 and outsider.stdout == ""
+        assert f"PermissionError: [Errno 13] Permission denied: '{token_file}'" in outsider.stderr

@@ -4,7 +4,9 @@ the image's entrypoint serves and passes its HEALTHCHECK with the compose file's
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +64,11 @@ def test_compose_file_wires_both_consumers_to_the_sidecars_loopback() -> None:
     assert app["environment"]["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == \
         f"http://127.0.0.1:9254/v1/credentials/{env['METADATA_PROXY_NAME']}"
     assert imds["environment"]["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == "http://127.0.0.1:9254/"
+    group = env["METADATA_PROXY_CONTAINER_TOKEN_GROUP"]  # the app runs as another user, in the token group
+    app_uid, app_gid = app["user"].split(":")
+    (sidecar_user,) = instructions("USER")
+    assert app_gid == group and app_uid not in ("0", "root", sidecar_user.split(":")[0])
+    assert group in sidecar["group_add"]  # a daemon can only give its files to a group it is in
     token_dir = str(Path(token_file).parent)
     assert f"tokens:{token_dir}" in sidecar["volumes"] and f"tokens:{token_dir}:ro" in app["volumes"]
     assert "tokens" in COMPOSE["volumes"]
@@ -89,6 +96,8 @@ def compose_environment(world: World, tmp_path: Path) -> dict[str, str]:
     env["METADATA_PROXY_CONTAINER_TOKEN_FILE"] = str(tmp_path / "volume" / Path(env[
         "METADATA_PROXY_CONTAINER_TOKEN_FILE"]).name)
     env.update(METADATA_PROXY_STS_ENDPOINT_URL=world.sts_url, METADATA_PROXY_PORT="0")
+    if os.geteuid() != 0:  # compose's group_add is not ours to give: a user can only use its own groups
+        env["METADATA_PROXY_CONTAINER_TOKEN_GROUP"] = str(os.getgid())
     return env
 
 
@@ -105,7 +114,10 @@ def test_entrypoint_serves_with_the_compose_environment(world: World, tmp_path: 
         full_uri = process.export("AWS_CONTAINER_CREDENTIALS_FULL_URI")
         consumer_uri = COMPOSE["services"]["app"]["environment"]["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
         assert full_uri.split("/", 3)[3] == consumer_uri.split("/", 3)[3]
-        token = Path(compose_environment["METADATA_PROXY_CONTAINER_TOKEN_FILE"]).read_text()
+        token_file = Path(compose_environment["METADATA_PROXY_CONTAINER_TOKEN_FILE"])
+        token = token_file.read_text()
+        assert (stat.S_IMODE(token_file.stat().st_mode), token_file.stat().st_gid) == \
+            (0o640, int(compose_environment["METADATA_PROXY_CONTAINER_TOKEN_GROUP"]))
         assert request(url, "GET", "/" + full_uri.split("/", 3)[3], {"Authorization": token}).status == 200
 
         (health,) = instructions("HEALTHCHECK")
