@@ -27,20 +27,19 @@ from metadata_proxy.addresses import endpoint_url, loopback_for
 from metadata_proxy.admin import AdminRoutes
 from metadata_proxy.clock import Clock, SystemClock
 from metadata_proxy.config import RoleConfig, ServeConfig
-from metadata_proxy.errors import ConfigError, PermanentStartupError, StartupError
+from metadata_proxy.errors import PermanentStartupError, StartupError
 from metadata_proxy.gate import HostCheck
 from metadata_proxy.listeners import Endpoint, Listener, bind_socket
-from metadata_proxy.logs import set_level
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import Credentials, RoleSpec, format_time, region_of
 from metadata_proxy.notify import Notifier
 from metadata_proxy.refresher import Refresher, RoleState
-from metadata_proxy.reload_plan import Bound, ReloadPlan, plan_reload
+from metadata_proxy.reloader import Reloader
 from metadata_proxy.routes import Shared, role_routes
 from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, proxy_hint, source_session
 from metadata_proxy.store import CredentialStore
 from metadata_proxy.sts import AssumeRoleClient, StsError
-from metadata_proxy.threads import in_daemon_thread
+from metadata_proxy.threads import Stopped, in_daemon_thread, unless_stopped
 from metadata_proxy.tokenfile import default_token_dir, ensure_private_dir, load_or_create_token
 from metadata_proxy.tokens import TokenAuthority
 
@@ -48,11 +47,6 @@ log = logging.getLogger("metadata_proxy")
 T = TypeVar("T")
 
 HEARTBEAT = 1.0  # seconds between event-loop heartbeats (and the fastest watchdog ping)
-RELOAD_PREFETCH_TIMEOUT = 60.0  # a reload gives up (and changes nothing) if new roles are not ready by then
-
-
-class Stopped(Exception):
-    """A stop was requested while waiting."""
 
 
 class Daemon:
@@ -70,8 +64,8 @@ class Daemon:
         self.admin: Endpoint | None = None
         self.last_heartbeat = time.monotonic()
         self.reload_rejected: str | None = None  # when and why the last reload was refused, for the status line
-        self._session: boto3.Session | None = None
-        self._assumer: AssumeRoleClient | None = None
+        self.session: boto3.Session | None = None
+        self.assumer: AssumeRoleClient | None = None
         self._wake = asyncio.Event()
         self._reload_requested = False
         self.store = CredentialStore(self.clock)
@@ -125,7 +119,7 @@ class Daemon:
 
     async def _startup(self) -> None:
         config = self.config
-        self.listeners = [self._bind(role) for role in config.roles]
+        self.listeners = [self.bind(role) for role in config.roles]
         if config.admin_port is not None:
             host = loopback_for(config.host)  # the admin listener is loopback-only, whatever --host says
             sock = bind_socket(host, config.admin_port)
@@ -133,15 +127,15 @@ class Daemon:
         for listener in self.listeners:
             for name in drop_self_pointing(self.environ, config.host, listener.port):
                 log.info("ignoring %s for the source credentials: it points at this daemon", name)
-        tokens = self._container_tokens(config) if config.container_credentials else {}
+        tokens = self.container_tokens(config) if config.container_credentials else {}
         try:
-            self._session = await self._unless_stopped(in_daemon_thread(source_session))
+            self.session = await self.wait_unless_stopped(in_daemon_thread(source_session))
         except NoSourceCredentials as error:
             raise (PermanentStartupError if error.permanent else StartupError)(str(error)) from None
-        self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=config.sts_timeout)
+        self.assumer = AssumeRoleClient(self.session, self.clock.time, timeout=config.sts_timeout)
         self.refresher = Refresher(self._assume, self.store, self.clock, on_outcome=self._on_outcome)
         self.metrics.watch(self.refresher, self.clock.time)
-        region = region_of(config.region, self._session.region_name)
+        region = region_of(config.region, self.session.region_name)
         for listener in self.listeners:
             listener.spec = RoleSpec.of(listener.role, config.sts_endpoint_url, region)
             listener.token_file, listener.token = tokens.get(listener.role.name, (None, None))
@@ -149,11 +143,11 @@ class Daemon:
             log.info("assuming %s as session %s%s", listener.role.role_arn, listener.role.role_session_name,
                      " with a session policy" if listener.role.session_policy else "")
         try:
-            await self._unless_stopped(self._all_ready(listener.spec for listener in self.listeners))
+            await self.wait_unless_stopped(self.all_ready(listener.spec for listener in self.listeners))
         except StsError as error:
             raise PermanentStartupError(f"AssumeRole of {error.role_arn} failed: {error}; {error.hint}") from None
         for listener in self.listeners:
-            await self._serve(listener)
+            await self.serve(listener)
         if self.admin is not None:
             self.admin.routes = AdminRoutes(self.metrics, self.refresher, self.clock.time, lambda: self.last_heartbeat)
             await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.metrics)
@@ -162,8 +156,8 @@ class Daemon:
             log.warning("%s", hint)
 
     async def _assume(self, spec: RoleSpec) -> Credentials:
-        assert self._assumer is not None
-        return await in_daemon_thread(self._assumer.assume, spec)  # read per call: a reload may replace it
+        assert self.assumer is not None
+        return await in_daemon_thread(self.assumer.assume, spec)  # read per call: a reload may replace it
 
     async def _main_loop(self) -> None:
         while not self.stop_requested.is_set():
@@ -179,23 +173,11 @@ class Daemon:
         if self.refresher is not None:
             await self.refresher.stop()
 
-    async def _unless_stopped(self, awaitable: Awaitable[T]) -> T:
-        """Awaits it, unless a stop comes first: then it is cancelled and Stopped is raised."""
-        work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self.stop_requested.wait())
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(BaseException):  # collected here, so nothing is logged as unretrieved
-                    await work
-        if work.cancelled():
-            raise Stopped
-        return work.result()
 
-    async def _all_ready(self, specs: Iterable[RoleSpec | None]) -> None:
+    async def wait_unless_stopped(self, awaitable: Awaitable[T]) -> T:
+        return await unless_stopped(self.stop_requested, awaitable)
+
+    async def all_ready(self, specs: Iterable[RoleSpec | None]) -> None:
         assert self.refresher is not None
         for spec in specs:
             assert spec is not None
@@ -203,11 +185,11 @@ class Daemon:
 
     # --- listeners ---
 
-    def _bind(self, role: RoleConfig) -> Listener:
+    def bind(self, role: RoleConfig) -> Listener:
         sock = bind_socket(self.config.host, role.port)
         return Listener(role, sock, endpoint_url(self.config.host, sock.getsockname()[1]))
 
-    def _container_tokens(self, config: ServeConfig) -> dict[str, tuple[str, str]]:
+    def container_tokens(self, config: ServeConfig) -> dict[str, tuple[str, str]]:
         """role name -> (token file, token), reading an operator's file or creating one."""
         tokens = {}
         for role in config.roles:
@@ -219,13 +201,13 @@ class Daemon:
             tokens[role.name] = (path, load_or_create_token(path, config.container_token_group))
         return tokens
 
-    def _routes(self, listener: Listener) -> None:
+    def install_routes(self, listener: Listener) -> None:
         assert self.refresher is not None and listener.spec is not None
         listener.routes = role_routes(self._shared, self.config, listener.role, listener.spec,
                                       self.refresher.states[listener.spec], listener.token)
 
-    async def _serve(self, listener: Listener) -> None:
-        self._routes(listener)
+    async def serve(self, listener: Listener) -> None:
+        self.install_routes(listener)
         await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.config.allowed_uids,
                              self.config.hop_limit)
         assert listener.spec is not None
@@ -263,96 +245,6 @@ class Daemon:
                 self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    # --- reload ---
-
     async def reload(self) -> None:
-        self.notifier.send("RELOADING=1", "STATUS=reloading the configuration")
-        try:
-            if self.load_config is None:
-                raise ConfigError("no configuration to reload from")
-            # In a thread that cannot hold up a stop: the file could be a FIFO, or on a hung network mount.
-            new = await self._unless_stopped(in_daemon_thread(self.load_config))
-            await self._apply(new)
-        except Stopped:
-            log.info("reload abandoned: stopping")
-        except (ConfigError, StartupError, StsError) as error:
-            self.reload_rejected = f"last reload rejected at {format_time(self.clock.time())}: {error}"
-            log.error("reload failed, still running the previous configuration: %s", error,
-                      extra={"event": "reload", "outcome": "failure"})
-        except Exception as error:  # a bug must not end a daemon that was serving fine
-            self.reload_rejected = f"last reload rejected at {format_time(self.clock.time())}: internal error"
-            log.error("reload failed (internal error %s), still running the previous configuration",
-                      type(error).__name__, exc_info=log.isEnabledFor(logging.DEBUG),
-                      extra={"event": "reload", "outcome": "failure"})
-        else:
-            self.reload_rejected = None
-            log.info("reloaded: %s", self.status(), extra={"event": "reload", "outcome": "success"})
-        finally:
-            self.notifier.send("READY=1", f"STATUS={self.status()}")
-
-    async def _apply(self, new: ServeConfig) -> None:
-        """Moves to the new configuration, or raises and leaves everything as it was."""
-        assert self.refresher is not None and self._session is not None
-        plan = plan_reload(self.config, [Bound(listener.role, listener.port) for listener in self.listeners], new,
-                           self._session.region_name, self.refresher.running)
-        for name in plan.restart_only:
-            log.warning("%s changed: that takes a restart; keeping %s", name, getattr(plan.config, name))
-        async with contextlib.AsyncExitStack() as undo:
-            if plan.config.sts_timeout != self.config.sts_timeout:  # the new roles' first calls use it too
-                undo.callback(setattr, self, "_assumer", self._assumer)
-                self._assumer = AssumeRoleClient(self._session, self.clock.time, timeout=plan.config.sts_timeout)
-            opened = {}
-            for role in plan.open:
-                opened[role.name] = listener = self._bind(role)
-                undo.callback(listener.sock.close)
-            tokens = self._reload_tokens(plan, undo)
-            for spec in plan.start:
-                self.refresher.start(spec)
-                undo.push_async_callback(self.refresher.stop, spec)
-            try:
-                await self._unless_stopped(asyncio.wait_for(self._all_ready(plan.start), RELOAD_PREFETCH_TIMEOUT))
-            except TimeoutError:
-                raise StartupError(f"the new roles were not ready within {RELOAD_PREFETCH_TIMEOUT:.0f} s") from None
-            undo.pop_all()  # commit: nothing below can fail for a reason the old configuration would not share
-        await self._commit(plan, opened, tokens)
-
-    def _reload_tokens(self, plan: ReloadPlan, undo: contextlib.AsyncExitStack) -> dict[str, tuple[str, str]]:
-        """The new configuration's token files; the ones this reload creates go again if it fails."""
-        if not plan.config.container_credentials:
-            return {}
-        known = {listener.token_file for listener in self.listeners}
-        tokens = self._container_tokens(plan.config)
-        for path, _token in tokens.values():
-            if path not in known:
-                undo.callback(_remove_if_exists, path)
-        return tokens
-
-    async def _commit(self, plan: ReloadPlan, opened: dict[str, Listener], tokens: dict[str, tuple[str, str]]) -> None:
-        assert self.refresher is not None
-        self.config = plan.config
-        by_port = {listener.port: listener for listener in self.listeners}
-        specs = dict(plan.specs)
-        kept = {role.name: by_port[port] for port, role in plan.keep}
-        listeners = []
-        for role in plan.config.roles:
-            listener = kept.get(role.name) or opened[role.name]
-            listener.role, listener.spec = role, specs[role.name]
-            listener.token_file, listener.token = tokens.get(role.name, (None, None))
-            if role.name in kept:
-                self._routes(listener)  # in place: the socket and its connections stay
-            else:
-                await self._serve(listener)
-            listeners.append(listener)
-        for port in plan.close:
-            listener = by_port[port]
-            log.info("no longer serving %s on %s", listener.role.role_arn, listener.url)
-            await listener.close()
-        self.listeners = listeners
-        for spec in plan.stop:
-            await self.refresher.stop(spec)
-        set_level(plan.config.log_level)
-
-
-def _remove_if_exists(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        """Re-reads the configuration and moves to it, or keeps the running one (reloader.py)."""
+        await Reloader(self).reload()

@@ -1,11 +1,12 @@
-"""Blocking calls off the event loop, in threads that never hold up the process's exit."""
+"""Waiting without getting stuck: blocking calls in threads that never hold up the process's exit, and waits
+that a stop request cuts short."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,3 +41,24 @@ async def in_daemon_thread(function: Callable[..., T], *args: object) -> T:
 
     threading.Thread(target=work, name="metadata-proxy-worker", daemon=True).start()
     return await future
+
+
+class Stopped(Exception):
+    """A stop was requested while waiting."""
+
+
+async def unless_stopped(stop: asyncio.Event, awaitable: Awaitable[T]) -> T:
+    """Awaits it, unless stop is set first: then it is cancelled and Stopped is raised."""
+    work = asyncio.ensure_future(awaitable)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):  # collected here, so nothing is logged as unretrieved
+                await work
+    if work.cancelled():
+        raise Stopped
+    return work.result()
