@@ -77,6 +77,7 @@ class ServeConfig:
     event_loop: str = "auto"
     log_level: str = "info"
     log_format: str = "text"
+    audit_interval: int = 60
     config_path: str | None = None
 
     @property

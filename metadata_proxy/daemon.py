@@ -209,7 +209,7 @@ class Daemon:
     async def serve(self, listener: Listener) -> None:
         self.install_routes(listener)
         await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.config.allowed_uids,
-                             self.config.hop_limit)
+                             self.config.hop_limit, lambda: self.config.audit_interval)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
             log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",

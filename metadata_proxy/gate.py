@@ -3,7 +3,8 @@
 1. the Host check (DNS-rebinding defence: the Host header must name this listener);
 2. the local-user gate (with an allow-list, only the listed uids; an undeterminable peer is denied);
 3. the route, behind a last-resort error handler (a bug answers 500, never ends the daemon);
-4. accounting: the metrics and the access log line, which never holds a header (so no token) nor a body.
+4. accounting: the metrics, the audit trail (who got which role's credentials or tokens, or was refused;
+   audit.py) and, at DEBUG, a line per request. None of them holds a header (so no token) nor a body.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
 from metadata_proxy.imds import LABEL, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
-from metadata_proxy.peercred import user_name
 
 log = logging.getLogger("metadata_proxy")
 access_log = logging.getLogger("metadata_proxy.access")
+# The routes the audit trail counts when they answer 200; every refusal is counted as REFUSED.
+AUDITED = {"credentials": IMDS_CREDENTIALS, "credentials-extended": IMDS_CREDENTIALS,
+           "container": CONTAINER_CREDENTIALS, "token": TOKEN}
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -84,11 +88,13 @@ def printable(path: str, limit: int = 200) -> str:
 def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metrics,
             peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
             allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
+            audit: AuditTrail | None = None, role: Callable[[], str | None] = lambda: None,
             now: Callable[[], float] = time.perf_counter) -> Handler:
-    """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, an access log line
-    and a last-resort error handler. routes() and allowed_uids() are read per request: a reload changes them.
+    """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, the audit trail, a
+    DEBUG line per request and a last-resort error handler. routes(), allowed_uids() and role() are read per
+    request: a reload changes them (a tightened allow-list applies to the next request of an open connection).
 
-    The access line has the method, the normalised path, the status and the latency: never a header, so no
+    The DEBUG line has the method, the normalised path, the status and the latency: never a header, so no
     IMDSv2 token can reach the log, and the credential documents are never logged either.
     """
 
@@ -98,11 +104,8 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
         if not host_check.allows(request.headers.get("Host")):
             request[LABEL] = ("unknown", "host")
             response = text_response(403, "Forbidden: Host not allowed")
-        elif (allowed := allowed_uids()) is not None and (uid := peer_uid(request)) not in allowed:
+        elif (allowed := allowed_uids()) is not None and peer_uid(request) not in allowed:
             request[LABEL] = ("unknown", "uid")
-            who = "an undeterminable user" if uid is None else f"uid {uid} ({user_name(uid)})"
-            log.warning("refused %s %s from %s: not an allowed local user", request.method,
-                        printable(normalize_path(request.raw_path)), who)
             response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
         else:
             try:
@@ -118,9 +121,12 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
         metrics.observe_request(route, response.status, elapsed)
         if reason:
             metrics.refused.labels(reason).inc()
-        if access_log.isEnabledFor(logging.INFO):  # building the line costs more than the request otherwise
+        if (audit is not None and (reason or (response.status == 200 and route in AUDITED))
+                and (audited_role := role()) is not None):
+            audit.record(peer_uid(request), audited_role, REFUSED if reason else AUDITED[route])
+        if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
-            access_log.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
+            access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
                             elapsed * 1000, extra={"event": "request", "remote": request.remote,
                                                    "method": request.method, "path": path, "status": response.status,
                                                    "latency_ms": round(elapsed * 1000, 3), "route": route})

@@ -1,4 +1,4 @@
-"""Listening sockets: binding, accepting, the connection cap, and the uid of each connection's peer.
+"""Listening sockets: binding, accepting, the uid of each connection's peer and its place in the connection table.
 
 A socket is bound early (so a taken port fails at once and a port of 0 is known) and starts accepting
 later, once there is something to serve. Every request then passes the gate (gate.py) before a route sees
@@ -8,21 +8,26 @@ change of configuration.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from metadata_proxy.addresses import container_path
+from metadata_proxy.audit import DEFAULT_INTERVAL, REFUSED, AuditTrail
 from metadata_proxy.config import RoleConfig
+from metadata_proxy.connections import MAX_CONNECTIONS, ConnectionTable, descriptor_budget
 from metadata_proxy.errors import StartupError
 from metadata_proxy.gate import Handler, HostCheck, guarded
+from metadata_proxy.logs import Throttle, ThrottleFilter
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
-from metadata_proxy.peercred import transport_uid
+from metadata_proxy.peercred import describe, socket_uid
 
 log = logging.getLogger("metadata_proxy")
 protocol_log = logging.getLogger("metadata_proxy.http")  # what aiohttp says about requests it could not parse
@@ -45,11 +50,14 @@ class MalformedRequestFilter(logging.Filter):
 
 protocol_log.addFilter(MalformedRequestFilter())
 
+# Repeated errors from asyncio (EMFILE on accept) and aiohttp's server are one line per kind per minute.
+protocol_log.addFilter(ThrottleFilter())
+logging.getLogger("asyncio").addFilter(ThrottleFilter())
+
 # Requests to this daemon are tiny; anything larger is not a client we serve. keepalive_timeout closes a
 # connection that is idle, or still sending its headers (slowloris), that many seconds after it opened or
 # after its last answer.
 HTTP_LIMITS = {"max_line_size": 4096, "max_field_size": 4096, "max_headers": 64, "keepalive_timeout": 30.0}
-MAX_CONNECTIONS = 1024  # open connections per listener; more are closed at once
 BACKLOG = 1024  # connections the kernel may queue before we accept them (a burst of cold clients)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
 
@@ -70,34 +78,85 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class TrackedServer(web.Server):
-    """aiohttp's low-level server plus a cap on open connections and, per connection, the peer's uid.
+_shared: ConnectionTable | None = None
 
-    The uid is looked up once per connection and forgotten with it, so a new connection from a reused port
-    is looked up afresh.
+
+def shared_connections() -> ConnectionTable:
+    """The process's one connection table, sized (and the descriptor limit raised) on first use."""
+    global _shared
+    if _shared is None:
+        _shared = ConnectionTable(min(MAX_CONNECTIONS, descriptor_budget()))
+    return _shared
+
+
+class GatedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, asking its server whether to keep a connection before it reads from it:
+    a refused connection is closed before aiohttp starts anything for it, so nothing is left to fail later."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        assert isinstance(server, TrackedServer)
+        if not server.admit(self, transport):
+            self._manager = None  # aiohttp's connection_lost then has nothing to undo
+            transport.close()
+            return
+        super().connection_made(transport)
+
+
+def _idle(handler: Hashable) -> bool:
+    return not getattr(handler, "_request_in_progress", False)  # aiohttp sets it while a handler runs
+
+
+class TrackedServer(web.Server):
+    """aiohttp's low-level server that decides, when a connection is accepted, whose it is and whether to keep
+    it: the peer's uid is looked up once (and forgotten with the connection, so a reused port is looked up
+    afresh), a uid outside the allow-list is closed at once, and the rest take a place in the connection table.
     """
 
-    def __init__(self, handler: Handler, max_connections: int, **kwargs: object) -> None:
+    def __init__(self, handler: Handler, connections: ConnectionTable | int,
+                 allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
+                 on_refused: Callable[[int | None], None] = lambda uid: None,
+                 uid_of: Callable[[socket.socket | None], int | None] = socket_uid, **kwargs: object) -> None:
         super().__init__(handler, **kwargs)  # type: ignore[arg-type]
-        self._max_connections = max_connections
+        self._table = connections if isinstance(connections, ConnectionTable) else ConnectionTable(connections)
+        self._allowed_uids = allowed_uids
+        self._on_refused = on_refused
+        self._uid_of = uid_of
         self._uids: dict[object, int | None] = {}
+        self._throttle = Throttle()
 
-    def connection_made(self, handler, transport) -> None:  # type: ignore[no-untyped-def]
-        super().connection_made(handler, transport)
-        if len(self._connections) > self._max_connections:
-            log.warning("closing a new connection: %d are open, the limit is %d", len(self._connections),
-                        self._max_connections)
-            transport.close()
+    def __call__(self) -> RequestHandler:
+        return GatedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, handler: RequestHandler, transport: asyncio.BaseTransport) -> bool:
+        uid = self._uid_of(transport.get_extra_info("socket"))
+        allowed = self._allowed_uids()
+        if allowed is not None and uid not in allowed:
+            self._on_refused(uid)
+            if (held := self._throttle.admit(("refused", uid))) is not None:
+                log.warning("refused connections from %s: not an allowed local user%s", describe(uid),
+                            f" ({held} more since the last line)" if held else "")
+            return False
+        admitted, victim = self._table.admit(handler, uid, _idle)
+        if (not admitted or victim is not None) and (held := self._throttle.admit("full")) is not None:
+            log.warning("connection limit reached (%d in all, %d per user): %s%s", self._table.cap,
+                        self._table.share, "closing an older idle connection to make room" if admitted
+                        else "refusing a new connection, every one that could make room is busy",
+                        f" ({held} more since the last line)" if held else "")
+        if victim is not None:
+            victim.force_close()  # type: ignore[attr-defined]
+        if admitted:
+            self._uids[handler] = uid
+        return admitted
 
     def connection_lost(self, handler, exc) -> None:  # type: ignore[no-untyped-def]
         self._uids.pop(handler, None)
+        self._table.remove(handler)
         super().connection_lost(handler, exc)
 
     def peer_uid(self, request: web.BaseRequest) -> int | None:
-        handler = request.protocol
-        if handler not in self._uids:
-            self._uids[handler] = transport_uid(request.transport)
-        return self._uids[handler]
+        """The uid of the connection's peer, as decided when it was accepted (None: undeterminable)."""
+        return self._uids.get(request.protocol)
 
 
 class Endpoint:
@@ -107,7 +166,9 @@ class Endpoint:
         self.sock = sock
         self.url = url
         self.routes: Handler | None = None
+        self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
+        self._audit_timer: asyncio.Task[None] | None = None
 
     def _routes(self) -> Handler:
         assert self.routes is not None, "routes are set before the endpoint starts"
@@ -117,26 +178,43 @@ class Endpoint:
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
+    @property
+    def audit_role(self) -> str | None:
+        """The role its audit records name; None: nothing here is audited (the admin listener)."""
+        return None
+
     async def start(self, host_check: HostCheck, metrics: Metrics,
                     allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
-                    hop_limit: int | None = None) -> None:
+                    hop_limit: int | None = None, audit_interval: Callable[[], float] = lambda: DEFAULT_INTERVAL,
+                    ) -> None:
         if hop_limit is not None:  # accepted sockets inherit it from the listening one (Linux)
             if self.sock.family == socket.AF_INET6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
             else:
                 self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hop_limit)
-        server = TrackedServer(lambda request: gate(request), MAX_CONNECTIONS, access_log=None, logger=protocol_log,
-                               **HTTP_LIMITS)
-        gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids)
+
+        def refused(uid: int | None) -> None:
+            metrics.refused.labels("uid").inc()
+            if (role := self.audit_role) is not None:
+                self.audit.record(uid, role, REFUSED)
+
+        server = TrackedServer(lambda request: gate(request), shared_connections(), allowed_uids, refused,
+                               access_log=None, logger=protocol_log, **HTTP_LIMITS)
+        gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids, self.audit,
+                       lambda: self.audit_role)
+        self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock, backlog=BACKLOG).start()
 
     async def close(self) -> None:
-        """Stops accepting, lets in-flight requests finish, closes the socket."""
+        """Stops accepting, lets in-flight requests finish, closes the socket, writes the pending audit records."""
         if self._runner is not None:
             await self._runner.cleanup()
         self.sock.close()
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+        self.audit.flush()
 
 
 class Listener(Endpoint):
@@ -148,6 +226,10 @@ class Listener(Endpoint):
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
+
+    @property
+    def audit_role(self) -> str | None:
+        return self.role.role_arn
 
     @property
     def exports(self) -> list[tuple[str, str]]:

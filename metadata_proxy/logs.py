@@ -12,9 +12,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
 
 FIELDS = ("event", "role", "outcome", "expires", "duration_s", "error_code", "remote", "method", "path", "status",
-          "latency_ms", "route")
+          "latency_ms", "route", "uid", "user", "count", "first", "last")
 QUIET = ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp")
 
 
@@ -36,6 +37,46 @@ class NoLibraryTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.name.split(".", 1)[0] in QUIET:
             record.exc_info, record.exc_text = None, None
+        return True
+
+
+class Throttle:
+    """At most one line per kind of event per period; how many were held back is told in the next one."""
+
+    def __init__(self, period: float = 60.0, now: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._now = now
+        self._last: dict[Hashable, float] = {}
+        self._held: dict[Hashable, int] = {}
+
+    def admit(self, kind: Hashable) -> int | None:
+        """None to hold this line back; else the number held back since the last one written."""
+        moment = self._now()
+        last = self._last.get(kind)
+        if last is not None and moment - last < self.period:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return None
+        if last is None and len(self._last) >= 256:  # kinds are a few fixed messages; stay bounded whatever comes
+            self._last.clear()
+        self._last[kind] = moment
+        return self._held.pop(kind, 0)
+
+
+class ThrottleFilter(logging.Filter):
+    """A Throttle for records of other libraries that repeat under load (asyncio's accept errors, aiohttp's
+    server errors): one per message and exception type per period, the first with its traceback."""
+
+    def __init__(self, period: float = 60.0, now: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(period, now)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        held = self._throttle.admit((record.name, str(record.msg)[:80], type(error).__name__))
+        if held is None:
+            return False
+        if held:
+            record.msg = f"{record.msg} ({held} more like this held back)"
         return True
 
 

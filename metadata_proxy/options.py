@@ -16,6 +16,7 @@ from typing import Any
 from metadata_proxy.addresses import DEFAULT_PORT
 from metadata_proxy.values import (
     parse_admin_port,
+    parse_audit_interval,
     parse_availability_zone,
     parse_bool,
     parse_duration,
@@ -117,6 +118,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("event-loop", parse_event_loop,
            "auto (uvloop if installed), asyncio or uvloop: see docs/performance.md", "LOOP"),
     Option("log-level", parse_log_level, "debug, info, warning or error (default info)", "LEVEL"),
+    Option("audit-interval", parse_audit_interval,
+           "seconds between audit records, one per user, role and kind of request (default 60)", "SECONDS",
+           kind=int),
     Option("log-format", parse_log_format, "text or json (one JSON object a line, for journald/CloudWatch)",
            "FORMAT"),
 )

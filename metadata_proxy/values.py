@@ -75,6 +75,7 @@ parse_admin_port = within(1, 65535, "expected a TCP port from 1 to 65535")
 parse_duration = within(900, 43200, "expected seconds from 900 to 43200 (STS's limits; role chaining caps it at 3600)")
 parse_uid = within(0, 2**32 - 2, "expected a uid")
 parse_hop_limit = within(1, 255, "expected a hop count from 1 to 255")
+parse_audit_interval = within(1, 86400, "expected seconds from 1 to 86400")
 
 parse_log_level = one_of("debug", "info", "warning", "error")
 parse_log_format = one_of("text", "json")
