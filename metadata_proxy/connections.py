@@ -20,10 +20,16 @@ MAX_CONNECTIONS = 1024  # open connections in all, unless the descriptor limit n
 SHARE = 0.5
 
 
+# asyncio accepts up to this many connections per listener in one turn of the loop, and the descriptors of
+# connections closed in that turn are released only in the next: the budget keeps room for them.
+ACCEPT_BATCH = 32
+
+
 def descriptor_budget() -> int:
     """Raises the soft RLIMIT_NOFILE to the hard one (systemd starts services at 1024 soft) and returns the
-    number of connections that fit below it with room to spare: the daemon's own descriptors (listening
-    sockets, STS connections, token files, logs) get a quarter of the limit and at least 64."""
+    number of connections that fit below it with room to spare: a quarter of the limit, and at least 128, is
+    kept for the daemon's own descriptors (listening sockets, STS connections, token files, logs) and for the
+    connections of one accept batch per listener that are closed but not yet released."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         try:
@@ -33,7 +39,7 @@ def descriptor_budget() -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(soft - max(64, soft // 4), 1)
+    return max(soft - max(128, soft // 4), 1)
 
 
 class ConnectionTable:

@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 from metadata_proxy.addresses import container_path
 from metadata_proxy.audit import DEFAULT_INTERVAL, REFUSED, AuditTrail
 from metadata_proxy.config import RoleConfig
-from metadata_proxy.connections import MAX_CONNECTIONS, ConnectionTable, descriptor_budget
+from metadata_proxy.connections import ACCEPT_BATCH, MAX_CONNECTIONS, ConnectionTable, descriptor_budget
 from metadata_proxy.errors import StartupError
 from metadata_proxy.gate import Handler, HostCheck, guarded
 from metadata_proxy.logs import Throttle, ThrottleFilter
@@ -205,7 +205,10 @@ class Endpoint:
         self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
-        await web.SockSite(self._runner, self.sock, backlog=BACKLOG).start()
+        # asyncio uses its backlog argument as the number of connections accepted in one turn of the loop too;
+        # that batch is kept small (the descriptor budget counts it), then the kernel's queue is made long.
+        await web.SockSite(self._runner, self.sock, backlog=ACCEPT_BATCH).start()
+        self.sock.listen(BACKLOG)
 
     async def close(self) -> None:
         """Stops accepting, lets in-flight requests finish, closes the socket, writes the pending audit records."""

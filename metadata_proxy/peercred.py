@@ -75,10 +75,10 @@ class SockDiag:
                     break
         except OSError:  # EAGAIN (no answer queued), ENOBUFS, a closed socket: unknown
             return None
-        return _parse(answer, ports + addresses)
+        return parse_answer(answer, ports + addresses)
 
 
-def _parse(answer: bytes, socket_id: bytes) -> int | None:
+def parse_answer(answer: bytes, socket_id: bytes) -> int | None:
     """The uid in an inet_diag_msg answer that describes exactly the socket asked about; else None."""
     length, kind, _flags, _sequence, _port = HEADER.unpack_from(answer)
     at = HEADER.size + REPLY_HEAD.size

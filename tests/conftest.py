@@ -101,16 +101,18 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 def launch(world: World, home: Path, *args: str, env: dict[str, str] | None = None, source: bool = True,
-           role_arn: str | None = scenario.ROLE_01_ARN, loop: str | None = None) -> DaemonProcess:
+           role_arn: str | None = scenario.ROLE_01_ARN, loop: str | None = None,
+           wrapper: tuple[str, ...] = ()) -> DaemonProcess:
     """`metadata-proxy serve` for role-01 with role-02's credentials as its source (unless source=False).
-    role_arn=None leaves the role (and port) to a --config file in args; loop picks the event loop."""
+    role_arn=None leaves the role (and port) to a --config file in args; loop picks the event loop; wrapper: a
+    command to run it under."""
     environment = daemon_env(home, **(world.source.environ() if source else {}))
     if loop is not None:
         environment["METADATA_PROXY_EVENT_LOOP"] = loop
     environment.update(env or {})
     role = ["--role-arn", role_arn, "--port", "0"] if role_arn else []
     return DaemonProcess(["serve", *role, "--region", scenario.REGION, "--sts-endpoint-url", world.sts_url, *args],
-                         environment)
+                         environment, wrapper)
 
 
 def launch_ready(world: World, home: Path, *args: str, loop: str | None = None) -> DaemonProcess:
