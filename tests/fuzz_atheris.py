@@ -18,6 +18,7 @@ with atheris.instrument_imports():
     from multidict import CIMultiDict
 
     from metadata_proxy.addresses import container_path
+    from metadata_proxy.audit import AuditTrail
     from metadata_proxy.container import ContainerRoutes
     from metadata_proxy.gate import HostCheck, guarded
     from metadata_proxy.imds import ImdsRoutes, InstanceIdentity
@@ -50,7 +51,7 @@ ROUTES = with_container_route(container_path("role-01"),
                               ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN, CLOCK.time),
                               ImdsRoutes(SPEC, STATE, CACHE, TOKENS, IDENTITY, METRICS, require_token=True,
                                          now=CLOCK.time))
-GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS)
+GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS, audit=AuditTrail(), role=lambda: SPEC.role_arn)
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"]
 HEADERS = ["Host", "X-aws-ec2-metadata-token", "X-aws-ec2-metadata-token-ttl-seconds", "X-Forwarded-For",
            "Authorization", "Accept"]

@@ -246,8 +246,8 @@ def test_no_cors_headers(url: str, tok: str) -> None:
 
 
 def test_access_log_has_no_secrets(session_world: World, tmp_path: Path) -> None:
-    """Request log lines: method, path, status, latency; never keys, session tokens or IMDSv2 tokens."""
-    process = launch_ready(session_world, tmp_path)
+    """Request log lines (DEBUG): method, path, status, latency; never keys, session tokens or IMDSv2 tokens."""
+    process = launch_ready(session_world, tmp_path, "--log-level", "debug")
     tok = token(process.url)
     doc = json.loads(get(process.url, CREDS + "role-01", tok).body)
     get(process.url, "/latest/api/token/" + tok, tok)  # a client that puts a token where it does not belong

@@ -15,9 +15,11 @@ CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
 def test_json_logs_and_no_secret_anywhere(world: World, tmp_path: Path) -> None:
     """Every log line of a run that handed out IMDS credentials, container credentials and tokens, and every
-    metric, is searched for each secret handed out (keys, session tokens, IMDSv2 and container tokens)."""
+    metric, is searched for each secret handed out (keys, session tokens, IMDSv2 and container tokens). At
+    DEBUG, so the line per request and the audit records are both there."""
     admin_port = free_port()
-    process = launch(world, tmp_path, "--log-format", "json", "--container-credentials", "--admin-port",
+    process = launch(world, tmp_path, "--log-format", "json", "--log-level", "debug", "--container-credentials",
+                     "--admin-port",
                      str(admin_port), "--container-token-file", str(tmp_path / "role-01.token"))
     try:
         url = process.wait_ready()
@@ -45,6 +47,11 @@ def test_json_logs_and_no_secret_anywhere(world: World, tmp_path: Path) -> None:
     access = [e for e in entries if e.get("event") == "request"]
     assert {"remote", "method", "path", "status", "latency_ms", "route"} <= set(access[0])
     assert any(e["route"] == "credentials" and e["status"] == 200 for e in access)
+    audited: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("event") == "audit":
+            audited[entry["route"]] = audited.get(entry["route"], 0) + entry["count"]
+    assert audited == {"token": 2, "imds-credentials": 4, "container-credentials": 1, "refused": 2}
     everything = "\n".join(lines) + metrics + "\n".join(process.stdout_seen)
     for secret in secrets:
         assert secret not in everything

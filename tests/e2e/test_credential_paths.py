@@ -33,7 +33,7 @@ def test_client_asks_the_plain_credentials_path(client: str, world: World, tmp_p
                                                 start_daemon: Callable[..., DaemonProcess],
                                                 request: pytest.FixtureRequest) -> None:
     args = command(client, world, request)
-    daemon = start_daemon()
+    daemon = start_daemon("--log-level", "debug")  # a line per request
     assert daemon.wait_ready(), daemon.stderr
     result = run(args, client_env(tmp_path, AWS_EC2_METADATA_SERVICE_ENDPOINT=daemon.url, AWS_PAGER=""))
     assert result.returncode == 0, result.stderr
