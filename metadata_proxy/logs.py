@@ -72,7 +72,8 @@ class ThrottleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        held = self._throttle.admit((record.name, str(record.msg)[:80], type(error).__name__))
+        # The message's first line: asyncio's reports of a failed task go on with the task's own description.
+        held = self._throttle.admit((record.name, str(record.msg).split("\n", 1)[0][:80], type(error).__name__))
         if held is None:
             return False
         if held:

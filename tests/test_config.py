@@ -27,6 +27,8 @@ def test_defaults() -> None:
         ("127.0.0.1", 9254, 3600, False, False)
     assert STS_SESSION_NAME.match(role.role_session_name) and role.role_session_name.startswith("metadata-proxy-")
     assert role.name == "role-01" and not c.container_credentials
+    assert c.audit_interval == 60
+    assert config(["--role-arn", ARN, "--audit-interval", "1"]).audit_interval == 1  # the shortest allowed
 
 
 def test_every_flag_has_an_environment_equivalent_and_flags_win() -> None:
@@ -59,6 +61,8 @@ def test_role_path_and_partitions_are_accepted() -> None:
     (["--role-arn", ARN], {"METADATA_PROXY_ALLOW_IMDSV1": "maybe"}, "METADATA_PROXY_ALLOW_IMDSV1"),
     (["--role-arn", ARN], {"METADATA_PROXY_LOG_LEVEL": "loud"}, "METADATA_PROXY_LOG_LEVEL"),
     (["--role-arn", ARN, "--container-token-group", "no-such-group-here"], {}, "--container-token-group"),
+    (["--role-arn", ARN, "--audit-interval", "0"], {}, "--audit-interval"),
+    (["--role-arn", ARN, "--audit-interval", "86401"], {}, "--audit-interval"),
 ])
 def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names.replace("-", r"\-")):

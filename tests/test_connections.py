@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -202,3 +205,21 @@ async def test_a_tightened_allow_list_applies_to_the_next_request_of_an_open_con
         writer.close()
     finally:
         await endpoint.close()
+
+
+BUDGET = """
+import resource
+from metadata_proxy.connections import descriptor_budget
+print(descriptor_budget(), *resource.getrlimit(resource.RLIMIT_NOFILE))
+"""
+
+
+@pytest.mark.parametrize(("soft", "hard", "expected"), [
+    (100, 4096, "3072 4096 4096"),  # the soft limit is raised to the hard one; a quarter stays in reserve
+    (1024, 1024, "768 1024 1024"),  # systemd's default when the hard limit is 1024 too
+    (256, 256, "128 256 256"),  # a small limit still keeps 128 descriptors for the daemon's own use
+])
+def test_the_descriptor_limit_is_raised_and_the_cap_stays_below_it(soft: int, hard: int, expected: str) -> None:
+    result = subprocess.run([sys.executable, "-c", BUDGET], capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    assert result.stdout.strip() == expected, result.stderr

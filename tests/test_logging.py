@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from metadata_proxy import scenario
+from metadata_proxy.logs import ThrottleFilter
 from tests.conftest import World, launch
 from tests.support.http import get, request, token
 from tests.support.net import free_port
@@ -55,3 +57,26 @@ def test_json_logs_and_no_secret_anywhere(world: World, tmp_path: Path) -> None:
     everything = "\n".join(lines) + metrics + "\n".join(process.stdout_seen)
     for secret in secrets:
         assert secret not in everything
+
+
+def test_repeated_errors_are_one_line_a_minute_with_the_number_held_back() -> None:
+    """A record that repeats (EMFILE on accept, say) is written once per 60 s; the next one written says how
+    many were held back; another kind of record is not held back by it."""
+    now = [1000.0]
+    throttle = ThrottleFilter(60.0, lambda: now[0])
+
+    def record(message: str, error: Exception | None = None) -> logging.LogRecord:
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, exc_info)
+
+    first = record("socket.accept() out of system resource", OSError(24, "Too many open files"))
+    assert throttle.filter(first) and first.getMessage() == "socket.accept() out of system resource"
+    assert not any(throttle.filter(record("socket.accept() out of system resource", OSError(24, "x")))
+                   for _ in range(4999))
+    assert throttle.filter(record("another error"))
+    now[0] += 59.9
+    assert not throttle.filter(record("socket.accept() out of system resource", OSError(24, "x")))
+    now[0] += 0.1
+    later = record("socket.accept() out of system resource", OSError(24, "x"))
+    assert throttle.filter(later)
+    assert later.getMessage() == "socket.accept() out of system resource (5000 more like this held back)"
