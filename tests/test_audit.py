@@ -144,13 +144,14 @@ async def test_a_timer_flushes_each_interval_not_each_request(captured: pytest.L
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", ["json", "text"])
-def test_a_daemon_writes_the_trail_and_no_line_per_request(world: World, tmp_path: Path, fmt: str) -> None:
+def test_a_daemon_writes_the_trail_and_no_line_per_request(world: World, tmp_path: Path, fmt: str,
+                                                           loop_name: str) -> None:
     """A real daemon at default level: 300 credential GETs, 3 tokens, container credentials and refusals give a
     handful of audit records whose counts add up exactly; the pending ones are written when it stops; no secret
     appears in any line."""
     token_file = tmp_path / "role-01.token"
     process = launch(world, tmp_path, "--log-format", fmt, "--container-credentials", "--container-token-file",
-                     str(token_file))
+                     str(token_file), loop=loop_name)
     url = process.wait_ready()
     assert url, process.stderr
     try:

@@ -74,11 +74,10 @@ def started(process: DaemonProcess) -> tuple[str, int]:
     return url, len(process.stderr_lines)
 
 
-@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 def test_one_user_holding_every_slot_does_not_stop_another(world: World, tmp_path: Path, hold,
-                                                           event_loop: str) -> None:
+                                                           loop_name: str) -> None:
     """nobody holds 1,200 connections (the limit is 1,024 in all); root still gets credentials, five times."""
-    process = launch(world, tmp_path, "--event-loop", event_loop)
+    process = launch(world, tmp_path, loop=loop_name)
     url, before = started(process)
     try:
         hold(url, 1200)
@@ -90,10 +89,11 @@ def test_one_user_holding_every_slot_does_not_stop_another(world: World, tmp_pat
     assert not [line for line in flood if "Traceback" in line]
 
 
-def test_a_refused_user_is_closed_at_once_and_holds_nothing(world: World, tmp_path: Path, hold) -> None:
+def test_a_refused_user_is_closed_at_once_and_holds_nothing(world: World, tmp_path: Path, hold,
+                                                            loop_name: str) -> None:
     """With an allow-list, nobody's 1,200 connections are closed as they arrive: the allowed user is served,
     and the refusals are one warning and one audit record."""
-    process = launch(world, tmp_path, "--allow-uid", str(os.geteuid()))
+    process = launch(world, tmp_path, "--allow-uid", str(os.geteuid()), loop=loop_name)
     url, before = started(process)
     try:
         hold(url, 1200)
@@ -110,11 +110,10 @@ def test_a_refused_user_is_closed_at_once_and_holds_nothing(world: World, tmp_pa
 
 
 @pytest.mark.skipif(not shutil.which("prlimit"), reason="needs prlimit (util-linux)")
-@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
-def test_a_low_descriptor_limit_is_no_storm(world: World, tmp_path: Path, hold, event_loop: str) -> None:
+def test_a_low_descriptor_limit_is_no_storm(world: World, tmp_path: Path, hold, loop_name: str) -> None:
     """Under a limit of 256 descriptors (hard and soft), nobody's 600 connections never reach EMFILE: the cap
     stays below the limit, root is served, and there is no traceback."""
-    process = launch(world, tmp_path, "--event-loop", event_loop, wrapper=("prlimit", "--nofile=256:256", "--"))
+    process = launch(world, tmp_path, loop=loop_name, wrapper=("prlimit", "--nofile=256:256", "--"))
     url, before = started(process)
     try:
         hold(url, 600)
