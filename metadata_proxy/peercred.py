@@ -49,9 +49,6 @@ class SockDiag:
                                    NETLINK_SOCK_DIAG)
         self._sequence = itertools.count(1)
 
-    def close(self) -> None:
-        self._sock.close()
-
     def uid(self, peer: tuple[str, int], local: tuple[str, int]) -> int | None:
         """The uid owning the connected socket at `peer` whose remote end is `local`, or None."""
         try:
