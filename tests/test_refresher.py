@@ -238,7 +238,7 @@ async def test_clock_ahead_of_sts_at_start_backs_off_and_says_so(
         for attempt in range(1, 9):
             await daemon.refresher.wait_for(lambda n=attempt: state.attempts >= n)
             assert state.attempts == attempt == state.failures_in_a_row
-            assert world.proxy.calls["AssumeRole"] == attempt
+            assert world.proxy.calls_from("AssumeRole", "test-session") == attempt
             assert state.last_error is not None and state.last_error.code == "UnusableCredentials"
             wait = state.next_attempt - clock.now
             assert min(60, 2 ** (attempt - 1)) / 2 <= wait <= 60  # equal jitter, capped at 60 seconds
@@ -263,7 +263,7 @@ async def test_answer_inside_the_last_minute_keeps_the_valid_credentials_served(
         for _ in range(40):
             doc = await read_credentials(daemon.url)
             assert doc["Code"] == "Success" and doc["AccessKeyId"] == original["AccessKeyId"]
-        assert world.proxy.calls["AssumeRole"] == 2
+        assert world.proxy.calls_from("AssumeRole", "test-session") == 2
 
 
 @pytest.mark.parametrize("fault", ["arn-without-account", "blank-secret"])

@@ -100,6 +100,12 @@ class FaultProxy:
         self._holds[action] = gate
         return gate
 
+    def calls_from(self, action: str, session_name: str) -> int:
+        """Calls of action made under one RoleSessionName: one daemon's, whatever else shares this proxy."""
+        with self._changed:
+            return sum(1 for body in self.bodies
+                       if body.get("Action") == [action] and body.get("RoleSessionName") == [session_name])
+
     def wait_for_calls(self, action: str, count: int, timeout: float = 60) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: self.calls[action] >= count, timeout)
