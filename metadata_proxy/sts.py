@@ -9,6 +9,7 @@ judged by the store, which knows how much time a credential must have left to be
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -122,7 +123,9 @@ class AssumeRoleClient:
                 access_key_id=creds["AccessKeyId"],
                 secret_access_key=creds["SecretAccessKey"],
                 session_token=creds["SessionToken"],
-                expiration=creds["Expiration"].timestamp(),
+                # Whole seconds, as every document shows it: so "never in the last 60 s" holds to the second
+                # for what clients see, not only for the exact instant STS named.
+                expiration=float(math.floor(creds["Expiration"].timestamp())),
                 obtained_at=self._time(),
                 assumed_role_arn=response["AssumedRoleUser"]["Arn"],
             )

@@ -257,13 +257,14 @@ async def test_answer_inside_the_last_minute_keeps_the_valid_credentials_served(
         original = await read_credentials(daemon.url)
         state = only_state(daemon)
         sts_clock_behind(monkeypatch, clock, 3570)
+        calls = world.proxy.calls_from("AssumeRole", "test-session")
         clock.advance_to(state.next_attempt)
         await settle(daemon, clock)
         assert state.last_error is not None and state.last_error.code == "UnusableCredentials"
         for _ in range(40):
             doc = await read_credentials(daemon.url)
             assert doc["Code"] == "Success" and doc["AccessKeyId"] == original["AccessKeyId"]
-        assert world.proxy.calls_from("AssumeRole", "test-session") == 2
+        assert world.proxy.calls_from("AssumeRole", "test-session") == calls + 1  # one refused answer, no spin
 
 
 @pytest.mark.parametrize("fault", ["arn-without-account", "blank-secret"])
