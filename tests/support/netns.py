@@ -98,9 +98,9 @@ def shared_python() -> tuple[str, dict[str, str]]:
 
 
 def private_home(user: str, parent: Path) -> Path:
-    """An empty home directory owned by user, under a directory every user can traverse."""
+    """A home directory owned by user (made empty once), under a directory every user can traverse."""
     home = parent / f"home-{user}"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     account = pwd.getpwnam(user)
     os.chown(home, account.pw_uid, account.pw_gid)
     return home
