@@ -48,9 +48,11 @@ def forwardable(path: str) -> bool:
 class RealImds:
     """A client of the real IMDS holding the daemon's own IMDSv2 token, with the immutable paths cached."""
 
-    def __init__(self, base: str = REAL_IMDS, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, base: str = REAL_IMDS, now: Callable[[], float] = time.monotonic,
+                 timeout: aiohttp.ClientTimeout = TIMEOUT) -> None:
         self._base = base
         self._now = now
+        self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._token: tuple[str, float] | None = None  # (token, when to fetch a new one)
         self._token_lock = asyncio.Lock()
@@ -83,7 +85,7 @@ class RealImds:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=TIMEOUT, connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM), trust_env=False)
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM), trust_env=False)
         return self._session
 
     async def _current_token(self) -> str:
@@ -98,10 +100,12 @@ class RealImds:
     async def _get(self, path: str, token: str) -> tuple[int, bytes, str]:
         async with self._client().get(self._base + path, headers={TOKEN_HEADER: token},
                                       allow_redirects=False) as reply:
-            body = await reply.content.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
-                raise ValueError(f"answer larger than {MAX_BODY} bytes")
-            return reply.status, body, reply.content_type or "text/plain"
+            body = bytearray()
+            async for chunk in reply.content.iter_chunked(64 * 1024):  # read() may stop short of the whole body
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise ValueError(f"answer larger than {MAX_BODY} bytes")
+            return reply.status, bytes(body), reply.content_type or "text/plain"
 
     async def close(self) -> None:
         if self._session is not None:
