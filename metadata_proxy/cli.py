@@ -237,7 +237,6 @@ def checked(parser: Parser, flag: str, parse: Callable[[str], str], value: str |
 
 def run_intercept(parser: Parser, args: argparse.Namespace) -> int:
     from metadata_proxy import intercept
-    from metadata_proxy.errors import StartupError, report
 
     script = intercept.removal()
     if args.action == "install":
@@ -246,15 +245,7 @@ def run_intercept(parser: Parser, args: argparse.Namespace) -> int:
             parser.error("nothing to intercept: give --intercept-user or --intercept-group (or intercept_users or "
                          "intercept_groups in the config file)")
         script = intercept.ruleset(config.intercept_users, config.intercept_groups, config.intercept_port)
-    if not intercept.may_write_rules():
-        print("metadata-proxy: error: writing firewall rules needs CAP_NET_ADMIN: run this as root",
-              file=sys.stderr)
-        return 1
-    try:
-        intercept.apply(script)
-    except StartupError as error:
-        return report(error)
-    return 0
+    return intercept.command(script)
 
 
 COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck, "exec": run_exec,

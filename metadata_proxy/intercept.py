@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
-from metadata_proxy.errors import StartupError
+from metadata_proxy.errors import EXIT_OK, StartupError, report
 
 IMDS_V4 = "169.254.169.254"
 IMDS_V6 = "fd00:ec2::254"
@@ -76,3 +76,14 @@ def may_write_rules(status_path: str = "/proc/self/status") -> bool:
     except (OSError, ValueError):
         pass
     return False
+
+
+def command(script: str) -> int:
+    """`metadata-proxy intercept install|remove`: one transaction; its exit status (1 with one line if not)."""
+    try:
+        if not may_write_rules():
+            raise StartupError("writing firewall rules needs CAP_NET_ADMIN: run this as root")
+        apply(script)
+    except StartupError as error:
+        return report(error)
+    return EXIT_OK

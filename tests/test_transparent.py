@@ -233,6 +233,13 @@ def as_user(instance: Instance, homes: Path, user: str, args: list[str], *, pyth
     return instance.namespace.run(args, client_env(home, python=python), user=user, cwd=cwd)
 
 
+BOTO3_LISTING = """
+import json, sys, boto3
+s3 = boto3.Session(region_name="us-east-1").client("s3", endpoint_url=sys.argv[1])
+print(json.dumps(sorted(item["Key"] for item in s3.list_objects_v2(Bucket=sys.argv[2])["Contents"])))
+"""
+
+
 def boto3_identity(instance: Instance, homes: Path, user: str) -> dict[str, str]:
     result = as_user(instance, homes, user, [shared_python()[0], "-c", BOTO3_PROBE, instance.moto_url], python=True)
     assert result.returncode == 0, result.stderr
@@ -307,6 +314,10 @@ class TestOneRoleForNobody:
             self, instance: Instance, homes: Path) -> None:
         probe = boto3_identity(instance, homes, "nobody")
         assert probe["method"] == "iam-role" and ROLE_01_SESSION.match(probe["arn"])
+        listing = as_user(instance, homes, "nobody", [shared_python()[0], "-c", BOTO3_LISTING, instance.moto_url,
+                                                      scenario.BUCKET], python=True)
+        assert listing.returncode == 0, listing.stderr
+        assert json.loads(listing.stdout) == sorted(scenario.OBJECTS)
 
     def test_js_sdk_as_nobody_lists_foobar_as_role_01(self, instance: Instance,
                                                       homes: Path) -> None:
@@ -523,3 +534,17 @@ def test_the_drop_in_removes_the_rules_after_a_clean_stop_only(tmp_path: Path, r
     run = subprocess.run(["/bin/sh", "-c", shell], env={"SERVICE_RESULT": result}, timeout=60)
     assert run.returncode == 0
     assert (log.read_text() if log.exists() else None) == ("intercept remove\n" if removed else None)
+
+
+@pytest.mark.timeout(300)
+def test_intercept_command_mistakes_are_one_line(instance: Instance, homes: Path, tmp_path: Path) -> None:
+    """Run in the namespace all the same: neither may write a rule."""
+    unprivileged = instance.namespace.run(
+        [shared_python()[0], "-m", "metadata_proxy", "intercept", "remove"],
+        {"PATH": "/usr/sbin:/usr/bin", "PYTHONPATH": f"{shared_python()[1]['PYTHONPATH']}:{REPO}"}, user="nobody")
+    assert (unprivileged.returncode, unprivileged.stderr) == (
+        1, "metadata-proxy: error: writing firewall rules needs CAP_NET_ADMIN: run this as root\n")
+    nothing = instance.namespace.run([sys.executable, "-m", "metadata_proxy", "intercept", "install", "--role-arn",
+                                      scenario.ROLE_01_ARN], base_env(tmp_path), cwd=REPO)
+    assert nothing.returncode == 2 and nothing.stderr.startswith("metadata-proxy: error: nothing to intercept")
+    assert instance.namespace.tables() == []
