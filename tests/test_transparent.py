@@ -36,13 +36,13 @@ from tests.support.fake_instance import INSTANCE_ID, USER_DATA
 from tests.support.netns import Namespace, private_home, shared_python
 from tests.support.notify import NotifySocket
 from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, base_env
+from tests.support.worlds import ROLE_04_ARN
 from tests.test_config import ARN, config
 
 REPO = Path(__file__).resolve().parent.parent
 AWS_CLI_V2 = Path("/usr/bin/aws")
 ROLE_02_SESSION = f"arn:aws:sts::{scenario.ACCOUNT_B}:assumed-role/role-02/i-0123456789abcdef0"
 ROLE_04_SESSION_PREFIX = f"arn:aws:sts::{scenario.ACCOUNT_A}:assumed-role/role-04/"
-ROLE_04_ARN = f"arn:aws:iam::{scenario.ACCOUNT_A}:role/role-04"
 TABLE = "table inet metadata_proxy"
 CREDS = "/latest/meta-data/iam/security-credentials/"
 
