@@ -420,6 +420,7 @@ def test_after_sigkill_clients_are_refused_until_a_restart_or_the_cleanup(instan
     again = serve_role_01(instance, tmp_path)
     ruleset_now = instance.namespace.run(["nft", "list", "ruleset"], {"PATH": "/usr/sbin:/usr/bin"}).stdout
     assert instance.namespace.tables() == [TABLE] and ruleset_now.count("dnat") == 2
+    assert ruleset_now.count("meta skuid 0 return") == 1  # the daemon (root here) exempts its own requests
     assert fetch(instance, homes, "nobody", CREDS) == {CREDS: [200, "role-01"]}
     again.stop(signal.SIGKILL)
     assert instance.namespace.tables() == [TABLE]
@@ -446,8 +447,11 @@ def test_the_daemon_refuses_to_intercept_its_own_user(instance: Instance, tmp_pa
 
 @pytest.mark.timeout(600)
 def test_a_reload_remaps_users_to_roles(instance: Instance, homes: Path, tmp_path: Path) -> None:
+    """First nobody is both role-01's user and a member of role-04's group (nogroup, its primary group): the
+    user mapping wins, and the daemon account, intercepted but mapped nowhere, gets no role. Then a reload
+    gives role-01 to the daemon account: nobody is left with its group's role-04."""
     file = tmp_path / "config.toml"
-    file.write_text(two_roles_config("nobody", "daemon"))
+    file.write_text(two_roles_config("nobody", "nogroup"))
     notify = NotifySocket(tmp_path)
     daemon = DaemonProcess(["serve", "--region", scenario.REGION, "--sts-endpoint-url", instance.moto_url,
                             "--config", str(file)], base_env(tmp_path) | {"NOTIFY_SOCKET": notify.path},
@@ -455,7 +459,8 @@ def test_a_reload_remaps_users_to_roles(instance: Instance, homes: Path, tmp_pat
     try:
         assert daemon.wait_ready(), daemon.stderr
         assert fetch(instance, homes, "nobody", CREDS) == {CREDS: [200, "role-01"]}
-        file.write_text(two_roles_config("daemon", "nogroup"))  # nobody's primary group is nogroup
+        assert fetch(instance, homes, "daemon", CREDS) == {CREDS: [404, "Not Found"]}
+        file.write_text(two_roles_config("daemon", "nogroup"))
         daemon.proc.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING", "1")
         assert "last reload rejected" not in notify.wait_for("READY", "1")["STATUS"]
