@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
-from metadata_proxy.imds import LABEL, normalize_path, text_response
+from metadata_proxy.imds import LABEL, SERVED_ROLE, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 
 log = logging.getLogger("metadata_proxy")
@@ -125,7 +125,7 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
         if reason:
             metrics.refused.labels(reason).inc()
         if (audit is not None and (reason or (response.status == 200 and route in AUDITED))
-                and (audited_role := role()) is not None):
+                and (audited_role := request.get(SERVED_ROLE) or role()) is not None):
             audit.record(peer_uid(request), audited_role, REFUSED if reason else AUDITED[route])
         if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))

@@ -39,6 +39,9 @@ TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": TEXT}  # cheaper for aiohttp than content_type= on the hot path
 # The request key that labels the access log line and the metrics: (route, reason refused or "").
 LABEL = web.RequestKey("metadata_proxy.label", tuple)
+# The ARN of the role a request was served, where one listener serves several (the transparent endpoint):
+# the audit trail names it instead of the listener's own.
+SERVED_ROLE = web.RequestKey("metadata_proxy.served_role", str)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -190,6 +193,7 @@ class ImdsRoutes(ImdsProtocol):
                  identity: InstanceIdentity, metrics: Metrics, *, require_token: bool,
                  now: Callable[[], float], instance_metadata: bool = True, fallback: Fallback = not_found) -> None:
         super().__init__(tokens, metrics, require_token=require_token, fallback=fallback)
+        self.role_arn = spec.role_arn
         self._spec = spec
         self._state = state
         self._store = store

@@ -19,7 +19,15 @@ from metadata_proxy.addresses import container_path
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.container import ContainerRoutes
 from metadata_proxy.gate import Handler
-from metadata_proxy.imds import Fallback, ImdsProtocol, ImdsRoutes, InstanceIdentity, normalize_path, not_found
+from metadata_proxy.imds import (
+    SERVED_ROLE,
+    Fallback,
+    ImdsProtocol,
+    ImdsRoutes,
+    InstanceIdentity,
+    normalize_path,
+    not_found,
+)
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
 from metadata_proxy.refresher import RoleState
@@ -79,7 +87,7 @@ class ByUser:
     there is no default or its uid cannot be determined. The map is built with the routes; a request does
     one dict lookup on the connection's uid."""
 
-    def __init__(self, by_uid: Mapping[int, Handler], default: Handler, no_role: Handler,
+    def __init__(self, by_uid: Mapping[int, ImdsRoutes], default: ImdsRoutes | None, no_role: Handler,
                  peer_uid: Callable[[web.BaseRequest], int | None]) -> None:
         self._by_uid = by_uid
         self._default = default
@@ -88,7 +96,10 @@ class ByUser:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         uid = self._peer_uid(request)
-        routes = self._no_role if uid is None else self._by_uid.get(uid, self._default)
+        routes = None if uid is None else self._by_uid.get(uid, self._default)
+        if routes is None:
+            return await self._no_role(request)
+        request[SERVED_ROLE] = routes.role_arn
         return await routes(request)
 
 
@@ -97,9 +108,9 @@ def transparent_routes(shared: Shared, config: ServeConfig, served: Iterable[tup
                        members: Callable[[int], Iterable[int]]) -> ByUser:
     """A role listing a uid in `users` wins over one whose `groups` include it (members(gid) says who)."""
     no_role = ImdsProtocol(shared.tokens, shared.metrics, require_token=not config.allow_imdsv1, fallback=passthrough)
-    default: Handler = no_role
-    by_group: dict[int, Handler] = {}
-    by_user: dict[int, Handler] = {}
+    default: ImdsRoutes | None = None
+    by_group: dict[int, ImdsRoutes] = {}
+    by_user: dict[int, ImdsRoutes] = {}
     for role, spec, state in served:
         routes = imds_routes(shared, config, spec, state, fallback=passthrough)
         if not role.mapped:

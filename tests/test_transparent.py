@@ -402,8 +402,11 @@ class TestTwoRolesForTwoUsers:
 def test_sigterm_removes_the_rules(instance: Instance, homes: Path, tmp_path: Path) -> None:
     daemon = serve_role_01(instance, tmp_path)
     assert instance.namespace.tables() == [TABLE]
+    assert fetch(instance, homes, "nobody", CREDS + "role-01")[CREDS + "role-01"][0] == 200
     assert daemon.stop(signal.SIGTERM) == 0
     assert instance.namespace.tables() == []
+    # the audit trail names the user and the role it was served at 169.254.169.254
+    assert f"audit: uid 65534 (nobody) imds-credentials role {scenario.ROLE_01_ARN}, 1 time" in daemon.stderr
     assert fetch(instance, homes, "nobody", CREDS) == {CREDS: [200, "role-02"]}  # undone: the real IMDS again
 
 
