@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 DEFAULT_PORT = 9254
+DEFAULT_INTERCEPT_PORT = 9280  # the transparent endpoint, where the interception rules send port 80
 CONTAINER_PATH_PREFIX = "/v1/credentials/"
 
 

@@ -99,6 +99,20 @@ def build_parser() -> Parser:
     doctor.add_argument("--bucket", default=None, help="also list this bucket with the assumed role")
     doctor.add_argument("--s3-endpoint-url", metavar="URL", default=None, help="S3 endpoint (default the region's)")
     doctor.add_argument("--url", default=None, help="the running daemon's endpoint (default: from the config)")
+    intercept = commands.add_parser(
+        "intercept", help="write or remove the rules of transparent mode (needs CAP_NET_ADMIN: run as root)",
+        description="Write (install) or delete (remove) the nftables rules that send the intercept users' "
+                    "connections to 169.254.169.254:80 to the daemon's transparent endpoint, for a daemon that "
+                    "runs without the privilege to write them itself. remove also cleans up after a killed daemon.")
+    actions = intercept.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    install = actions.add_parser("install", help="replace the rules with the ones the configuration asks for",
+                                 description="Replace the table inet metadata_proxy with the rules of the "
+                                             "configuration (intercept_users, intercept_groups, intercept_port). "
+                                             "Takes the flags of serve.")
+    add_serve_arguments(install)
+    actions.add_parser("remove", help="delete the rules (nothing to do if there are none)",
+                       description="Delete the table inet metadata_proxy; intercepted users reach the real "
+                                   "instance metadata service again.")
     return parser
 
 
@@ -221,8 +235,22 @@ def checked(parser: Parser, flag: str, parse: Callable[[str], str], value: str |
         parser.error(f"--{flag}: {error} (got {value!r})")
 
 
+def run_intercept(parser: Parser, args: argparse.Namespace) -> int:
+    from metadata_proxy import intercept
+
+    script = intercept.removal()
+    if args.action == "install":
+        config = serve_config(parser, args)
+        if not config.intercepting:
+            parser.error("nothing to intercept: give --intercept-user or --intercept-group (or intercept_users or "
+                         "intercept_groups in the config file)")
+        script = intercept.ruleset(config.intercept_users, config.intercept_groups, config.intercept_port)
+    return intercept.command(script)
+
+
 COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck, "exec": run_exec,
-            "policies": run_policies, "doctor": run_doctor, "credential-process": run_credential_process}
+            "policies": run_policies, "doctor": run_doctor, "credential-process": run_credential_process,
+            "intercept": run_intercept}
 
 
 def local_endpoint(environ: os._Environ[str]) -> str:

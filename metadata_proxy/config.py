@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from metadata_proxy.addresses import DEFAULT_PORT
+from metadata_proxy.addresses import DEFAULT_INTERCEPT_PORT, DEFAULT_PORT
 from metadata_proxy.errors import ConfigError
 from metadata_proxy.model import role_name_of
 from metadata_proxy.options import (
@@ -49,6 +49,12 @@ class RoleConfig:
     duration_seconds: int = DEFAULT_DURATION
     session_policy: str | None = None  # the policy's JSON text, read from the file named by the option
     container_token_file: str | None = None
+    users: tuple[int, ...] = ()  # the transparent endpoint serves this role to these uids ...
+    groups: tuple[int, ...] = ()  # ... and to the members of these groups
+
+    @property
+    def mapped(self) -> bool:
+        return bool(self.users or self.groups)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -72,6 +78,9 @@ class ServeConfig:
     availability_zone: str | None = None
     allow_uid: tuple[int, ...] = ()
     allow_user: tuple[int, ...] = ()  # resolved to uids when read
+    intercept_users: tuple[int, ...] = ()
+    intercept_groups: tuple[int, ...] = ()
+    intercept_port: int = DEFAULT_INTERCEPT_PORT
     hop_limit: int | None = None
     admin_port: int | None = None
     event_loop: str = "auto"
@@ -85,6 +94,11 @@ class ServeConfig:
         """None when every local user may connect (the default, as on EC2)."""
         uids = frozenset(self.allow_uid) | frozenset(self.allow_user)
         return uids or None
+
+    @property
+    def intercepting(self) -> bool:
+        """Transparent mode: some users' requests to the IMDS address are redirected to this daemon."""
+        return bool(self.intercept_users or self.intercept_groups)
 
 
 MAX_CONFIG_SIZE = 1 << 20  # a config file is a few lines; refuse to slurp something else
@@ -195,6 +209,7 @@ def load_serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> S
                  for index, table in enumerate(tables, 1)]
     config = ServeConfig(roles=tuple(roles), config_path=path, **global_values)
     check_roles(config)
+    check_interception(config)
     check_bind_address(config)
     return config
 
@@ -217,15 +232,39 @@ def check_roles(config: ServeConfig) -> None:
     seen_ports: dict[int, int] = {}
     if config.admin_port is not None:
         seen_ports[config.admin_port] = 0
+    if config.intercepting:
+        seen_ports[config.intercept_port] = -1
     for index, role in enumerate(config.roles, 1):
         if role.name in seen_names:
             raise ConfigError(f"role[{index}] and role[{seen_names[role.name]}] are both named {role.name!r}: "
                               "give each [[role]] its own name")
         seen_names[role.name] = index
         if role.port and role.port in seen_ports:
-            other = f"role[{seen_ports[role.port]}]" if seen_ports[role.port] else "the admin listener"
+            other = {0: "the admin listener", -1: "the transparent endpoint (intercept_port)"}.get(
+                seen_ports[role.port], f"role[{seen_ports[role.port]}]")
             raise ConfigError(f"role[{index}] and {other} both use port {role.port}: give each its own port")
         seen_ports[role.port] = index
+
+
+def check_interception(config: ServeConfig) -> None:
+    """A uid is served one role on the transparent endpoint: the one listing it, else the one role without
+    users or groups (if any)."""
+    if config.intercepting and config.admin_port == config.intercept_port:
+        raise ConfigError(f"the admin listener and the transparent endpoint both use port {config.intercept_port}")
+    mapped = [role for role in config.roles if role.mapped]
+    if mapped and not config.intercepting:
+        raise ConfigError(f"role {mapped[0].name!r} names users or groups, which choose a role on the transparent "
+                          "endpoint: set intercept_users or intercept_groups too")
+    if config.intercepting and len(config.roles) - len(mapped) > 1:
+        raise ConfigError("with intercept_users or intercept_groups, at most one [[role]] may be without users "
+                          "and groups (the role of every other user)")
+    for kind in ("users", "groups"):
+        owner: dict[int, str] = {}
+        for role in config.roles:
+            for number in getattr(role, kind):
+                if owner.setdefault(number, role.name) != role.name:
+                    raise ConfigError(f"{kind[:-1]} {number} is listed in the {kind} of both {owner[number]!r} "
+                                      f"and {role.name!r}: each gets one role")
 
 
 def check_bind_address(config: ServeConfig) -> None:

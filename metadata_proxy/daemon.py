@@ -42,6 +42,7 @@ from metadata_proxy.sts import AssumeRoleClient, StsError
 from metadata_proxy.threads import Stopped, in_daemon_thread, unless_stopped
 from metadata_proxy.tokenfile import default_token_dir, ensure_private_dir, load_or_create_token
 from metadata_proxy.tokens import TokenAuthority
+from metadata_proxy.transparent import TransparentEndpoint
 
 log = logging.getLogger("metadata_proxy")
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class Daemon:
         self.refresher: Refresher | None = None
         self.listeners: list[Listener] = []
         self.admin: Endpoint | None = None
+        self.transparent: TransparentEndpoint | None = None  # transparent mode's endpoint and rules
         self.last_heartbeat = time.monotonic()
         self.reload_rejected: str | None = None  # when and why the last reload was refused, for the status line
         self.session: boto3.Session | None = None
@@ -124,6 +126,9 @@ class Daemon:
             host = loopback_for(config.host)  # the admin listener is loopback-only, whatever --host says
             sock = bind_socket(host, config.admin_port)
             self.admin = Endpoint(sock, endpoint_url(host, sock.getsockname()[1]))
+        if config.intercepting:  # bound now, so intercepted clients are refused until the roles are ready
+            self.transparent = TransparentEndpoint(config, self._shared)
+            await self.transparent.write_rules()
         for listener in self.listeners:
             for name in drop_self_pointing(self.environ, config.host, listener.port):
                 log.info("ignoring %s for the source credentials: it points at this daemon", name)
@@ -148,6 +153,9 @@ class Daemon:
             raise PermanentStartupError(f"AssumeRole of {error.role_arn} failed: {error}; {error.hint}") from None
         for listener in self.listeners:
             await self.serve(listener)
+        if self.transparent is not None:
+            self.transparent.route(config, self.listeners, self.refresher.states)
+            await self.transparent.start(self.metrics, lambda: self.config.allowed_uids)
         if self.admin is not None:
             self.admin.routes = AdminRoutes(self.metrics, self.refresher, self.clock.time, lambda: self.last_heartbeat)
             await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.metrics)
@@ -170,6 +178,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         for endpoint in [*self.listeners, *([self.admin] if self.admin else [])]:
             await endpoint.close()
+        if self.transparent is not None:
+            await self.transparent.close()
         if self.refresher is not None:
             await self.refresher.stop()
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
-from metadata_proxy.imds import LABEL, normalize_path, text_response
+from metadata_proxy.imds import LABEL, SERVED_ROLE, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 
 log = logging.getLogger("metadata_proxy")
@@ -34,13 +34,16 @@ class HostCheck:
 
     Accepted: `localhost`, loopback addresses, and the bound address itself (any IP literal when bound to
     a wildcard address). A rebinding attack always arrives with the attacker's host name, which fails.
-    A request without Host (HTTP/1.0) carries no name to rebind and is accepted.
+    A request without Host (HTTP/1.0) carries no name to rebind and is accepted. `also` names further
+    addresses the listener answers for: the IMDS addresses on the transparent endpoint, where intercepted
+    clients arrive with the Host they meant to reach.
     """
 
     MEMO = 256  # distinct Host values remembered (clients send one or two); a flood of others is re-parsed
 
-    def __init__(self, bound_host: str) -> None:
+    def __init__(self, bound_host: str, also: tuple[str, ...] = ()) -> None:
         self._bound = ipaddress.ip_address(bound_host)
+        self._also = frozenset(ipaddress.ip_address(address) for address in also)
         self._memo: dict[str, bool] = {}
 
     def allows(self, host_header: str | None) -> bool:
@@ -64,7 +67,7 @@ class HostCheck:
             address = ipaddress.ip_address(name)
         except ValueError:
             return False
-        return address.is_loopback or address == self._bound or self._bound.is_unspecified
+        return address.is_loopback or address == self._bound or self._bound.is_unspecified or address in self._also
 
 
 def _split_host(value: str) -> tuple[str, str | None]:
@@ -122,7 +125,7 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
         if reason:
             metrics.refused.labels(reason).inc()
         if (audit is not None and (reason or (response.status == 200 and route in AUDITED))
-                and (audited_role := role()) is not None):
+                and (audited_role := request.get(SERVED_ROLE) or role()) is not None):
             audit.record(peer_uid(request), audited_role, REFUSED if reason else AUDITED[route])
         if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))

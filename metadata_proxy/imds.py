@@ -2,8 +2,9 @@
 
 Routing is an exact match on the request path after the two normalisations clients need (§2): runs of `/`
 collapse (Java sends `//latest/...`) and a trailing `/` is optional. Nothing is decoded, so `%2e%2e`, `..`
-and friends match no route and get 404, like every path not served here: nothing is ever proxied to the
-real IMDS (user-data often holds secrets; peers.md "credential path leaks").
+and friends match no route and get 404, like every path not served here. On a role's own listener nothing is
+proxied to the real IMDS (user-data often holds secrets; peers.md "credential path leaks"); the transparent
+endpoint (transparent.py) passes the instance's own non-credential paths through.
 
 Every body but the credential documents is built once per listener; the credential documents are rendered
 once per refresh (memoised by the store's generation), so a request does one dict lookup and compares a
@@ -17,7 +18,7 @@ import hashlib
 import json
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -38,6 +39,9 @@ TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": TEXT}  # cheaper for aiohttp than content_type= on the hot path
 # The request key that labels the access log line and the metrics: (route, reason refused or "").
 LABEL = web.RequestKey("metadata_proxy.label", tuple)
+# The ARN of the role a request was served, where one listener serves several (the transparent endpoint):
+# the audit trail names it instead of the listener's own.
+SERVED_ROLE = web.RequestKey("metadata_proxy.served_role", str)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -122,61 +126,24 @@ def listing(*items: str) -> bytes:
     return "\n".join(items).encode()
 
 
-class ImdsRoutes:
-    """The request handler of one IMDS listener, which serves exactly one role (as EC2 does)."""
+Fallback = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
 
-    def __init__(self, spec: RoleSpec, state: RoleState, store: CredentialStore, tokens: TokenAuthority,
-                 identity: InstanceIdentity, metrics: Metrics, *, require_token: bool,
-                 now: Callable[[], float]) -> None:
-        self._spec = spec
-        self._metrics = metrics
-        self._state = state
-        self._store = store
+
+async def not_found(request: web.BaseRequest, path: str) -> web.Response:
+    return text_response(404, "Not Found")
+
+
+class ImdsProtocol:
+    """IMDSv2 around a table of paths: token issue, methods, the token check, then the table. A path not in
+    the table goes to `fallback` (404 unless told otherwise)."""
+
+    def __init__(self, tokens: TokenAuthority, metrics: Metrics, *, require_token: bool,
+                 fallback: Fallback = not_found) -> None:
         self._tokens = tokens
+        self._metrics = metrics
         self._require_token = require_token
-        self._now = now
-        self._rendered: Rendered | None = None
-        name = spec.role_name
-        creds_prefix = "/latest/meta-data/iam/security-credentials"
-        profile_arn = f"arn:aws:iam::{identity.account_id}:instance-profile/{name}"
-        iam_info = {"Code": "Success", "LastUpdated": format_time(identity.pending_time),
-                    "InstanceProfileArn": profile_arn, "InstanceProfileId": _profile_id(spec.role_arn)}
-        static = {
-            "/": listing("latest"),
-            "/latest": listing("dynamic", "meta-data"),
-            "/latest/meta-data": listing("iam/", "instance-id", "instance-type", "placement/"),
-            "/latest/meta-data/iam": listing("info", "security-credentials/"),
-            "/latest/meta-data/iam/info": json.dumps(iam_info, indent=2).encode(),
-            creds_prefix: name.encode(),
-            creds_prefix + "-extended": name.encode(),
-            "/latest/meta-data/instance-id": identity.instance_id.encode(),
-            "/latest/meta-data/instance-type": identity.instance_type.encode(),
-            "/latest/meta-data/placement": listing("availability-zone", "region"),
-            "/latest/meta-data/placement/availability-zone": identity.availability_zone.encode(),
-            "/latest/meta-data/placement/region": identity.region.encode(),
-            "/latest/dynamic": listing("instance-identity/"),
-            "/latest/dynamic/instance-identity": listing("document"),
-            "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
-        }
-        self._routes: dict[str, tuple[str, Callable[[], bytes]]] = {
-            path: ("role-list" if path.startswith(creds_prefix) else "metadata", lambda body=body: body)
-            for path, body in static.items()}
-        self._routes[f"{creds_prefix}/{name}"] = ("credentials", lambda: self._credentials(extended=False))
-        self._routes[f"{creds_prefix}-extended/{name}"] = ("credentials-extended",
-                                                           lambda: self._credentials(extended=True))
-
-    def _credentials(self, *, extended: bool) -> bytes:
-        """Both documents are rendered once per refresh; until the store changes or they reach the store's
-        cut-off, a request only compares a counter and a time."""
-        rendered = self._rendered
-        if rendered is None or rendered.generation != self._store.generation or self._now() >= rendered.until:
-            creds = self._store.get(self._spec)
-            if creds is None:
-                return error_document(self._state, self._now())
-            rendered = self._rendered = Rendered(self._store.generation, usable_until(creds),
-                                                 credentials_document(creds, extended=False),
-                                                 credentials_document(creds, extended=True))
-        return rendered.extended if extended else rendered.legacy
+        self._fallback = fallback
+        self._routes: dict[str, tuple[str, Callable[[], bytes]]] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.Response:
         path = normalize_path(request.raw_path)
@@ -196,7 +163,7 @@ class ImdsRoutes:
             return refuse(request, "token", 401, "Unauthorized")
         route = self._routes.get(path)
         if route is None:
-            return text_response(404, "Not Found")
+            return await self._fallback(request, path)
         request[LABEL] = (route[0], "")
         render = route[1]
         return web.Response(body=render(), headers=TEXT_HEADERS)
@@ -215,6 +182,67 @@ class ImdsRoutes:
         self._metrics.tokens_issued.inc()
         return web.Response(text=self._tokens.issue(ttl), content_type=TEXT,
                             headers={TTL_ECHO_HEADER: str(ttl)})
+
+
+class ImdsRoutes(ImdsProtocol):
+    """The IMDS handler of one role (EC2 serves exactly one). With instance_metadata=False only the role's
+    own paths (iam/) are answered here and every other path goes to `fallback` (the transparent endpoint
+    passes those through to the real IMDS)."""
+
+    def __init__(self, spec: RoleSpec, state: RoleState, store: CredentialStore, tokens: TokenAuthority,
+                 identity: InstanceIdentity, metrics: Metrics, *, require_token: bool,
+                 now: Callable[[], float], instance_metadata: bool = True, fallback: Fallback = not_found) -> None:
+        super().__init__(tokens, metrics, require_token=require_token, fallback=fallback)
+        self.role_arn = spec.role_arn
+        self._spec = spec
+        self._state = state
+        self._store = store
+        self._now = now
+        self._rendered: Rendered | None = None
+        name = spec.role_name
+        creds_prefix = "/latest/meta-data/iam/security-credentials"
+        profile_arn = f"arn:aws:iam::{identity.account_id}:instance-profile/{name}"
+        iam_info = {"Code": "Success", "LastUpdated": format_time(identity.pending_time),
+                    "InstanceProfileArn": profile_arn, "InstanceProfileId": _profile_id(spec.role_arn)}
+        static = {
+            "/latest/meta-data/iam": listing("info", "security-credentials/"),
+            "/latest/meta-data/iam/info": json.dumps(iam_info, indent=2).encode(),
+            creds_prefix: name.encode(),
+            creds_prefix + "-extended": name.encode(),
+        }
+        if instance_metadata:
+            static |= {
+                "/": listing("latest"),
+                "/latest": listing("dynamic", "meta-data"),
+                "/latest/meta-data": listing("iam/", "instance-id", "instance-type", "placement/"),
+                "/latest/meta-data/instance-id": identity.instance_id.encode(),
+                "/latest/meta-data/instance-type": identity.instance_type.encode(),
+                "/latest/meta-data/placement": listing("availability-zone", "region"),
+                "/latest/meta-data/placement/availability-zone": identity.availability_zone.encode(),
+                "/latest/meta-data/placement/region": identity.region.encode(),
+                "/latest/dynamic": listing("instance-identity/"),
+                "/latest/dynamic/instance-identity": listing("document"),
+                "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
+            }
+        self._routes = {
+            path: ("role-list" if path.startswith(creds_prefix) else "metadata", lambda body=body: body)
+            for path, body in static.items()}
+        self._routes[f"{creds_prefix}/{name}"] = ("credentials", lambda: self._credentials(extended=False))
+        self._routes[f"{creds_prefix}-extended/{name}"] = ("credentials-extended",
+                                                           lambda: self._credentials(extended=True))
+
+    def _credentials(self, *, extended: bool) -> bytes:
+        """Both documents are rendered once per refresh; until the store changes or they reach the store's
+        cut-off, a request only compares a counter and a time."""
+        rendered = self._rendered
+        if rendered is None or rendered.generation != self._store.generation or self._now() >= rendered.until:
+            creds = self._store.get(self._spec)
+            if creds is None:
+                return error_document(self._state, self._now())
+            rendered = self._rendered = Rendered(self._store.generation, usable_until(creds),
+                                                 credentials_document(creds, extended=False),
+                                                 credentials_document(creds, extended=True))
+        return rendered.extended if extended else rendered.legacy
 
 
 def refuse(request: web.BaseRequest, reason: str, status: int, text: str,

@@ -169,6 +169,7 @@ class Endpoint:
         self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
         self._audit_timer: asyncio.Task[None] | None = None
+        self._server: TrackedServer | None = None
 
     def _routes(self) -> Handler:
         assert self.routes is not None, "routes are set before the endpoint starts"
@@ -198,8 +199,8 @@ class Endpoint:
             if (role := self.audit_role) is not None:
                 self.audit.record(uid, role, REFUSED)
 
-        server = TrackedServer(lambda request: gate(request), shared_connections(), allowed_uids, refused,
-                               access_log=None, logger=protocol_log, **HTTP_LIMITS)
+        server = self._server = TrackedServer(lambda request: gate(request), shared_connections(), allowed_uids,
+                                              refused, access_log=None, logger=protocol_log, **HTTP_LIMITS)
         gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids, self.audit,
                        lambda: self.audit_role)
         self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
@@ -209,6 +210,11 @@ class Endpoint:
         # that batch is kept small (the descriptor budget counts it), then the kernel's queue is made long.
         await web.SockSite(self._runner, self.sock, backlog=ACCEPT_BATCH).start()
         self.sock.listen(BACKLOG)
+
+    def peer_uid(self, request: web.BaseRequest) -> int | None:
+        """The local uid of the request's connection (for routes that pick a role by user)."""
+        assert self._server is not None, "requests arrive only once the endpoint has started"
+        return self._server.peer_uid(request)
 
     async def close(self) -> None:
         """Stops accepting, lets in-flight requests finish, closes the socket, writes the pending audit records."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from metadata_proxy.addresses import DEFAULT_PORT
+from metadata_proxy.addresses import DEFAULT_INTERCEPT_PORT, DEFAULT_PORT
 from metadata_proxy.values import (
     parse_admin_port,
     parse_audit_interval,
@@ -56,10 +56,11 @@ class Option:
     kind: type = str  # the TOML type the config key takes
     multiple: bool = False  # repeatable flag, comma-separated variable, TOML list
     is_path: bool = False  # relative paths in the config file are relative to the file
+    key: str | None = None  # the config key (and field), when it is not the flag's name: a plural for a list
 
     @property
     def field(self) -> str:
-        return self.name.replace("-", "_")
+        return self.key or self.name.replace("-", "_")
 
     @property
     def flag(self) -> str:
@@ -67,7 +68,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.field.upper()
+        return ENV_PREFIX + self.name.replace("-", "_").upper()
 
     @property
     def toml_type(self) -> type:
@@ -111,6 +112,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow-uid", parse_uid, "only this local uid may get tokens and credentials", "UID", kind=int,
            multiple=True),
     Option("allow-user", parse_user, "only this local user may get tokens and credentials", "USER", multiple=True),
+    Option("user", parse_user, "on the transparent endpoint, serve this role to this local user (repeatable)",
+           "USER", role=True, multiple=True, key="users"),
+    Option("group", parse_group, "on the transparent endpoint, serve this role to the members of this group",
+           "GROUP", role=True, multiple=True, key="groups"),
+    Option("intercept-user", parse_user, "send this local user's requests to 169.254.169.254 here (transparent "
+           "mode; installing the rules needs CAP_NET_ADMIN)", "USER", multiple=True, key="intercept_users"),
+    Option("intercept-group", parse_group, "the same for processes whose group is this one", "GROUP",
+           multiple=True, key="intercept_groups"),
+    Option("intercept-port", parse_admin_port,
+           f"loopback port of the transparent endpoint (default {DEFAULT_INTERCEPT_PORT})", "PORT", kind=int),
     Option("hop-limit", parse_hop_limit, "IP TTL / IPv6 hop limit of the listeners' packets (IMDS uses 1)", "N",
            kind=int),
     Option("admin-port", parse_admin_port,

@@ -13,6 +13,10 @@ with a mutex, which a concurrent `ss` holds for one batch of its dump at a time:
 The socket is nonblocking all the same, so if no answer is queued the lookup gives None at once rather than
 wait. pyroute2's DiagSocket offers only the dump of the whole table (155 ms for 4,300 sockets), which is
 what this module exists to avoid.
+
+A connection redirected by a NAT rule (transparent mode) is known to the client's socket by the address the
+client dialled, not ours: the kernel's connection tracking tells that original destination
+(SO_ORIGINAL_DST), and it is asked about instead.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ ALL_STATES = 0xFFFFFFFF
 # CLOSING.
 CONNECTED = frozenset({1, 4, 5, 8, 9, 11})
 ANSWER_SIZE = 8192
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number at SOL_IPV6
 
 
 class SockDiag:
@@ -112,7 +117,21 @@ def socket_uid(sock: socket.socket | None) -> int | None:
         peer, local = sock.getpeername()[:2], sock.getsockname()[:2]
     except OSError:
         return None
-    return peer_uid(peer, local)
+    return peer_uid(peer, original_destination(sock) or local)
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where the client connected before a DNAT rule sent it here; None if the connection is not tracked."""
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)  # struct sockaddr_in6
+            address = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        else:
+            raw = sock.getsockopt(socket.IPPROTO_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
+            address = socket.inet_ntop(socket.AF_INET, raw[4:8])
+    except (OSError, ValueError):
+        return None
+    return address, struct.unpack("!H", raw[2:4])[0]
 
 
 def user_name(uid: int) -> str:

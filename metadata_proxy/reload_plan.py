@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.model import RoleSpec, region_of
 
-# Settings a running daemon cannot change: they shape sockets, logging handlers or the event loop.
-RESTART_ONLY = ("host", "hop_limit", "admin_port", "log_format", "event_loop")
+# Settings a running daemon cannot change: they shape sockets, logging handlers, the event loop or the
+# interception rules (which an unprivileged daemon cannot rewrite).
+RESTART_ONLY = ("host", "hop_limit", "admin_port", "log_format", "event_loop", "intercept_users", "intercept_groups",
+                "intercept_port")
 
 
 @dataclass(frozen=True)

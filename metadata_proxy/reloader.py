@@ -124,6 +124,8 @@ class Reloader:
             log.info("no longer serving %s on %s", listener.role.role_arn, listener.url)
             await listener.close()
         daemon.listeners = listeners
+        if daemon.transparent is not None:  # transparent mode: who gets which role may have changed
+            daemon.transparent.route(plan.config, listeners, daemon.refresher.states)
         for spec in plan.stop:
             await daemon.refresher.stop(spec)
         set_level(plan.config.log_level)

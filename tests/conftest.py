@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from metadata_proxy.daemon import Daemon
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import DaemonProcess, daemon_env
+from tests.support.worlds import add_role_04
 
 
 @dataclass(frozen=True)
@@ -67,24 +67,10 @@ def session_world(moto_url: str, session_proxy: FaultProxy) -> World:
     return World(moto_url, session_proxy.url, session_proxy, scenario.build_world(moto_url))
 
 
-ROLE_04_ARN = f"arn:aws:iam::{scenario.ACCOUNT_A}:role/role-04"
-
-
 @pytest.fixture(scope="session")
 def role_04(session_world: World) -> str:
     """A second role in account A that role-02 may assume, for the several-roles tests."""
-    url = session_world.moto_url
-    scenario.set_enforcement(url, False)
-    iam_a = scenario.session_in(url, scenario.ACCOUNT_A).client("iam", endpoint_url=url)
-    setup = replace(scenario.SETUP, trusting_role_name="role-04")
-    iam_a.create_role(RoleName="role-04", AssumeRolePolicyDocument=json.dumps(setup.trusting_role_trust_policy()))
-    iam_a.put_role_policy(RoleName="role-04", PolicyName="policy-04",
-                          PolicyDocument=json.dumps(setup.trusting_role_policy()))
-    iam_b = scenario.session_in(url, scenario.ACCOUNT_B).client("iam", endpoint_url=url)
-    iam_b.put_role_policy(RoleName="role-02", PolicyName="policy-02b",
-                          PolicyDocument=json.dumps(setup.trusted_role_policy()))
-    scenario.set_enforcement(url, True)
-    return ROLE_04_ARN
+    return add_role_04(session_world.moto_url)
 
 
 @pytest.fixture

@@ -72,9 +72,10 @@ def client_env(home: Path, **extra: str) -> dict[str, str]:
 class DaemonProcess:
     """`metadata-proxy serve` in a child process; ready when it prints the export line on stdout."""
 
-    def __init__(self, args: list[str], env: dict[str, str], wrapper: tuple[str, ...] = ()) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], wrapper: tuple[str, ...] = (),
+                 python: str = sys.executable) -> None:
         """wrapper: a command the daemon runs under, e.g. unshare for a network namespace."""
-        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "metadata_proxy", *args], env=env,
+        self.proc = subprocess.Popen([*wrapper, python, "-m", "metadata_proxy", *args], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.stdout_lines: queue.Queue[str | None] = queue.Queue()
