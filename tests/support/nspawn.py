@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = ROOT / ".ci" / "cache"
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 # python3-cffi-backend must be named, or debootstrap's minbase resolution fails; sudo because the README's
-# install commands use it.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-cffi-backend", "sudo")
+# install commands use it; procps for /bin/kill, which the unit's ExecReload= runs (every standard Debian
+# install has it, minbase does not).
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-cffi-backend", "sudo", "procps")
 WHEELHOUSE_IN_CONTAINER = "/var/cache/wheelhouse"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT = 120  # safety nets for a hung boot or command, never assertions about speed
@@ -155,7 +156,7 @@ class Container:
 
     def _argv(self, command: str) -> list[str]:
         return ["nsenter", f"--target={self.leader}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
-                "--root", "--wd=/", "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "HOME=/root",
+                "--root", "--wd", "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "HOME=/root",
                 "bash", "-c", command]
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT, stdin: str = "") -> subprocess.CompletedProcess[str]:
