@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,15 +69,36 @@ def test_examples_point_at_the_default_endpoint(tmp_path: Path) -> None:
     dropin = unit_settings(SYSTEMD / "examples" / "my-app.service.d-metadata-proxy.conf")
     assert dropin["After"] == dropin["Wants"] == ["metadata-proxy.service"]
     assert f"AWS_EC2_METADATA_SERVICE_ENDPOINT={endpoint}" in dropin["Environment"]
+    assert "NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost" in dropin["Environment"]
     snippet = SYSTEMD / "examples" / "metadata-proxy.sh"
-    for before, after in (("", "127.0.0.1,localhost"), ("corp.example", "corp.example,127.0.0.1,localhost"),
-                          ("127.0.0.1", "127.0.0.1")):
-        out = subprocess.run(["sh", "-c", f'. {snippet}; echo "$AWS_EC2_METADATA_SERVICE_ENDPOINT $NO_PROXY"'],
-                             env={"PATH": "/usr/bin:/bin", "NO_PROXY": before}, capture_output=True, text=True)
-        assert out.stdout.split() == [endpoint, after]
+    show = f'. {snippet}; echo "$AWS_EC2_METADATA_SERVICE_ENDPOINT $NO_PROXY $no_proxy"'
+    for upper, lower, expected in (
+            ("", "", ["127.0.0.1,localhost", "127.0.0.1,localhost"]),
+            ("corp.example", "", ["corp.example,127.0.0.1,localhost", "127.0.0.1,localhost"]),
+            ("", "corp.example", ["127.0.0.1,localhost", "corp.example,127.0.0.1,localhost"]),
+            ("127.0.0.1", "x,127.0.0.1", ["127.0.0.1", "x,127.0.0.1"])):
+        out = subprocess.run(["sh", "-c", show], env={"PATH": "/usr/bin:/bin", "NO_PROXY": upper, "no_proxy": lower},
+                             capture_output=True, text=True)
+        assert out.stdout.split() == [endpoint, *expected]
     config = load_serve_config(build_parser().parse_args(["serve", "--config", str(SYSTEMD / "examples" /
                                                                                    "config.toml")]), {})
     assert config.roles[0].port == DEFAULT_PORT and config.admin_port
+
+
+@pytest.mark.parametrize(("version", "refused"), [((3, 10, 13), True), ((3, 11, 0), False), ((3, 13, 1), False)])
+def test_the_python_check_refuses_python_before_3_11(version: tuple[int, int, int], refused: bool) -> None:
+    """The README's first install command, under an interpreter that reports another version (what it
+    says without the venv module is checked in the booted Debian, tests/test_systemd_booted.py)."""
+    script = (f"import runpy, sys; sys.version_info = {version!r}; "
+              f"runpy.run_path({str(SYSTEMD / 'check-python.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    if refused:
+        assert result.returncode == 1
+        assert result.stderr.startswith("metadata-proxy needs Python 3.11 or newer with its venv module, and this "
+                                        "is Python 3.10 (Debian/Ubuntu: sudo apt install python3-venv; ")
+        assert len(result.stderr.splitlines()) == 1
+    else:
+        assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_notifier_speaks_to_abstract_sockets_and_reads_the_watchdog_settings() -> None:
