@@ -19,7 +19,7 @@ from metadata_proxy.config import load_serve_config
 from metadata_proxy.notify import Notifier
 from tests.conftest import World, launch
 from tests.support.notify import NotifySocket
-from tests.support.processes import BIN
+from tests.support.processes import BIN, daemon_env, run
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "metadata-proxy.service"
@@ -56,9 +56,14 @@ def test_unit_is_notify_typed_and_hardened() -> None:
                 "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "LockPersonality": "yes",
                 "RestrictNamespaces": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
                 "ProtectKernelLogs": "yes", "MemoryDenyWriteExecute": "yes", "Restart": "on-failure",
-                "EnvironmentFile": "-/etc/metadata-proxy/env", "ExecReload": "/bin/kill -HUP $MAINPID"}
+                "EnvironmentFile": "-/etc/metadata-proxy/env", "RestartPreventExitStatus": "2 4",
+                "SyslogLevelPrefix": "yes", "StartLimitIntervalSec": "5min", "StartLimitBurst": "10"}
     for key, value in expected.items():
         assert s[key] == [value], key
+    # Validate, then signal: the first failing ExecReload= fails `systemctl reload` and skips the rest.
+    assert s["ExecReload"] == ["/opt/metadata-proxy/bin/metadata-proxy check-config --config "
+                               "/etc/metadata-proxy/config.toml", "/bin/kill -HUP $MAINPID"]
+    assert s["ExecStart"] == ["/opt/metadata-proxy/bin/metadata-proxy serve --config /etc/metadata-proxy/config.toml"]
     assert "@system-service" in s["SystemCallFilter"]
     assert int(s["RestartSec"][0]) >= 1 and s["WatchdogSec"]
     assert "--config /etc/metadata-proxy/config.toml" in s["ExecStart"][0]
@@ -99,6 +104,39 @@ def test_the_python_check_refuses_python_before_3_11(version: tuple[int, int, in
         assert len(result.stderr.splitlines()) == 1
     else:
         assert (result.returncode, result.stderr) == (0, "")
+
+
+def check_config(world: World, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """check-config with the daemon's environment: source credentials and an STS endpoint it must not call."""
+    env = daemon_env(tmp_path, **world.source.environ(), METADATA_PROXY_STS_ENDPOINT_URL=world.sts_url)
+    return run([sys.executable, "-m", "metadata_proxy", "check-config", *args], env)
+
+
+def test_check_config_accepts_the_example_and_calls_no_aws_api(world: World, tmp_path: Path) -> None:
+    result = check_config(world, tmp_path, "--config", str(SYSTEMD / "examples" / "config.toml"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert sum(world.proxy.calls.values()) == 0
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ('role_arn = "arn:aws:iam::111111110001:role/role-01"\nport = "x"\n', "port: expected a whole number, got str 'x'"),
+    ('role_arn = "arn:aws:iam::111111110001:role/role-01"\nport = 9254\nprot = 1\n', "unknown key"),
+    ('role_arn = "arn:aws:iam::111111110001:role/role-01"\nport = 65536\n', "port"),
+    ('role_arn = "arn:aws:iam::111111110001:role/role-01"\nport = [\n', "TOML"),
+])
+def test_check_config_rejects_a_bad_file_in_one_line(world: World, tmp_path: Path, content: str,
+                                                     reason: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(content)
+    result = check_config(world, tmp_path, "--config", str(config))
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"metadata-proxy: error: {config}") and reason in line, line
+    assert sum(world.proxy.calls.values()) == 0
+    missing = check_config(world, tmp_path, "--config", str(tmp_path / "absent.toml"))
+    assert missing.returncode == 2
+    assert missing.stderr == f"metadata-proxy: error: cannot read config file {tmp_path / 'absent.toml'}: No such " \
+                             "file or directory\n"
 
 
 def test_notifier_speaks_to_abstract_sockets_and_reads_the_watchdog_settings() -> None:
