@@ -67,6 +67,20 @@ class Machine:
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
         return result.stdout
 
+    def now(self) -> str:
+        """The container's time now, to read the journal from. (Not a cursor: with -u and -p, journalctl 252's
+        --after-cursor missed the service's own lines here.)"""
+        return "@" + self.ok("date +%s.%6N").strip()
+
+    def journal(self, since: str, *options: str) -> list[str]:
+        return self.ok(f"journalctl -u {UNIT} -o cat --since={since} {' '.join(options)}").splitlines()
+
+    def wait_in_journal(self, since: str, text: str, *options: str) -> str:
+        """The first line with text since then; it may arrive after systemctl has returned (the unit's
+        output is a stream, read by journald apart from systemd's own messages)."""
+        command = f"journalctl -f -u {UNIT} -o cat --since={since} {' '.join(options)}"
+        return self.container.follow(f"timeout {nspawn.BOOT_TIMEOUT} {command}", lambda line: text in line)()
+
     def show(self, *properties: str) -> dict[str, str]:
         out = self.ok(f"systemctl show {UNIT} " + " ".join(f"-p {name}" for name in properties))
         return dict(line.split("=", 1) for line in out.splitlines())
@@ -212,6 +226,62 @@ def test_reload_applies_a_new_port_in_the_same_process(service: Machine) -> None
     finally:
         service.ok(f"cp /root/config.toml.saved {config} && systemctl reload {UNIT}")
     service.ok("/opt/metadata-proxy/bin/metadata-proxy healthcheck --url http://127.0.0.1:9254/")
+
+
+def readme_retry_command() -> str:
+    section = README[README.index("**Failures that a restart cannot fix.**"):]
+    return re.search(r"```\n(sudo systemctl reset-failed.*?)\n```", section, re.S).group(1)
+
+
+@pytest.mark.timeout(600)
+def test_a_rejected_reload_fails_systemctl_reload_and_the_daemon_keeps_serving(service: Machine) -> None:
+    before = service.show("MainPID")["MainPID"]
+    config = "/etc/metadata-proxy/config.toml"
+    since = service.now()
+    service.ok(f"cp {config} /root/config.toml.saved && sed -i 's/^port = 9254/port = \"9255\"/' {config}")
+    try:
+        reload = service.sh(f"systemctl reload {UNIT}")
+    finally:
+        service.ok(f"cp /root/config.toml.saved {config}")
+    assert reload.returncode != 0
+    assert service.show("MainPID", "ActiveState") == {"MainPID": before, "ActiveState": "active"}
+    service.ok("/opt/metadata-proxy/bin/metadata-proxy healthcheck --url http://127.0.0.1:9254/")
+    assert service.wait_in_journal(since, "metadata-proxy: error:", "-p err") == (
+        "metadata-proxy: error: /etc/metadata-proxy/config.toml: port: expected a whole number, got str '9255'")
+
+
+@pytest.mark.timeout(600)
+def test_a_refused_assume_role_is_an_error_in_the_journal_and_is_not_retried(service: Machine) -> None:
+    restarts = service.show("NRestarts")["NRestarts"]
+    since = service.now()
+    service.proxy.outage("AssumeRole", "denied")
+    assert service.sh(f"systemctl restart {UNIT}").returncode != 0
+    # Right after the failure a restart would already be scheduled (auto-restart); the unit is failed instead.
+    assert service.show("ActiveState", "SubState", "ExecMainStatus", "NRestarts") == {
+        "ActiveState": "failed", "SubState": "failed", "ExecMainStatus": "4", "NRestarts": restarts}
+    assert service.wait_in_journal(since, "metadata-proxy: error:", "-p err").startswith(
+        "metadata-proxy: error: AssumeRole of arn:aws:iam::111111110001:role/role-01 failed: AccessDenied: ")
+    assert not any("assuming arn:" in line for line in service.journal(since, "-p err"))  # info stays out
+    assert any("assuming arn:" in line for line in service.journal(since))
+
+    # After the fix (here: STS answers again), the documented command starts it.
+    service.proxy.outage("AssumeRole", None)
+    service.ok(readme_retry_command())
+    assert service.show("ActiveState")["ActiveState"] == "active"
+
+
+@pytest.mark.timeout(600)
+def test_a_failure_that_may_pass_is_restarted(service: Machine) -> None:
+    """The near miss of the test above: no source credentials yet (exit 1) is retried after RestartSec."""
+    saved = service.ok("cat /etc/metadata-proxy/env")
+    service.container.write("/etc/metadata-proxy/env", "AWS_EC2_METADATA_DISABLED=true\n", "0600")
+    try:
+        assert service.sh(f"systemctl restart {UNIT}").returncode != 0
+        assert service.show("ActiveState", "SubState", "ExecMainStatus") == {
+            "ActiveState": "activating", "SubState": "auto-restart", "ExecMainStatus": "1"}
+    finally:
+        service.container.write("/etc/metadata-proxy/env", saved, "0600")
+    service.ok(f"systemctl start {UNIT}")  # waits for the scheduled restart, which now succeeds
 
 
 @pytest.mark.timeout(600)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -52,8 +53,9 @@ def rootfs_path(cache: Path = CACHE) -> Path:
 
 
 def wheelhouse_path(cache: Path = CACHE) -> Path:
-    """Keyed by pyproject.toml, so a changed dependency gets a fresh wheelhouse."""
-    return cache / f"wheelhouse-{_key((ROOT / 'pyproject.toml').read_text())}"
+    """Keyed by the runtime dependencies and the build backend, so a changed one gets a fresh wheelhouse."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return cache / f"wheelhouse-{_key(*project['project']['dependencies'], *project['build-system']['requires'])}"
 
 
 def missing(cache: Path = CACHE) -> str | None:
