@@ -142,9 +142,9 @@ class Container:
         argv += [f"--bind-ro={host}:{inside}" for host, inside in read_only.items()]
         # nspawn tells its supervisor the container's PID 1, then READY=1 once the container's systemd is up.
         notify = NotifySocket(log.parent)
+        self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "NOTIFY_SOCKET": notify.path})
         try:
-            self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                           stderr=subprocess.STDOUT, env={**os.environ, "NOTIFY_SOCKET": notify.path})
             self.leader = int(notify.wait_for("X_NSPAWN_LEADER_PID")["X_NSPAWN_LEADER_PID"])
             notify.wait_for("READY", "1")
         except BaseException:
@@ -190,10 +190,6 @@ class Container:
         """Like run, without waiting (for a command that blocks until the test lets it go on)."""
         return subprocess.Popen(self._argv(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-
-    def path(self, inside: str) -> Path:
-        """A path of the container's file system, from the host."""
-        return Path(f"/proc/{self.leader}/root") / inside.lstrip("/")
 
     def in_network(self, work: Callable[[], T]) -> T:
         return in_network_namespace(self.leader, work)
