@@ -12,8 +12,8 @@ from typing import NoReturn
 from metadata_proxy import __version__
 from metadata_proxy.addresses import DEFAULT_PORT, endpoint_url, reachable_host
 from metadata_proxy.config import ServeConfig, load_serve_config
-from metadata_proxy.errors import EXIT_USAGE, ConfigError
-from metadata_proxy.logs import setup_logging
+from metadata_proxy.errors import EXIT_OK, EXIT_USAGE, ConfigError, report
+from metadata_proxy.logs import print_error, setup_logging
 from metadata_proxy.options import DEFAULT_CONFIG, add_serve_arguments
 from metadata_proxy.values import parse_account, parse_bucket, parse_host, parse_name, parse_port
 
@@ -22,7 +22,7 @@ class Parser(argparse.ArgumentParser):
     """argparse prints the whole usage block on a mistake; a user needs the one line that says what is wrong."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        print_error(f"{self.prog}: error: {message} (see --help)")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -35,6 +35,13 @@ def build_parser() -> Parser:
         description="Assume a role and serve its credentials to local AWS clients through the EC2 instance "
                     "metadata protocol (IMDSv2). Every flag can also be set as METADATA_PROXY_<FLAG>.")
     add_serve_arguments(serve)
+    check = commands.add_parser(
+        "check-config", help="validate the configuration as serve would load it, without calling AWS",
+        description="Load the configuration exactly as serve would (flags, METADATA_PROXY_* variables, the config "
+                    "file) and exit 0 if serve would accept it, else print the one-line reason and exit 2. "
+                    "Calls no AWS API, so a role that is valid but not assumable still passes. The service's "
+                    "ExecReload= runs it before the reload signal, so `systemctl reload` fails on a bad file.")
+    add_serve_arguments(check)
     demo = commands.add_parser(
         "demo", help="show the cross-account check offline, with moto playing AWS",
         description="Build the two-account cross-account scenario in moto (offline, IAM enforced), serve role-01 "
@@ -150,6 +157,14 @@ def run_serve(parser: Parser, args: argparse.Namespace) -> int:
     return run_daemon(config, load_config=lambda: load_serve_config(args, os.environ))
 
 
+def run_check_config(parser: Parser, args: argparse.Namespace) -> int:
+    try:
+        load_serve_config(args, os.environ)
+    except ConfigError as error:
+        return report(error)
+    return EXIT_OK
+
+
 def run_demo(parser: Parser, args: argparse.Namespace) -> int:
     setup_logging("warning")
     from metadata_proxy.demo import run_demo
@@ -248,9 +263,9 @@ def run_intercept(parser: Parser, args: argparse.Namespace) -> int:
     return intercept.command(script)
 
 
-COMMANDS = {"serve": run_serve, "demo": run_demo, "healthcheck": run_healthcheck, "exec": run_exec,
-            "policies": run_policies, "doctor": run_doctor, "credential-process": run_credential_process,
-            "intercept": run_intercept}
+COMMANDS = {"serve": run_serve, "check-config": run_check_config, "demo": run_demo, "healthcheck": run_healthcheck,
+            "exec": run_exec, "policies": run_policies, "doctor": run_doctor,
+            "credential-process": run_credential_process, "intercept": run_intercept}
 
 
 def local_endpoint(environ: os._Environ[str]) -> str:

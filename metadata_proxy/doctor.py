@@ -4,6 +4,8 @@ Steps: the source identity (GetCallerIdentity), AssumeRole of each configured ro
 optionally ListObjectsV2 on a bucket with it, and, if a daemon is listening where the configuration says,
 that it serves the same identity. Each failure shows STS's or S3's error code and the fix in terms of the
 cross-account access's three points: role-01's trust policy (1), policy-01 (2), policy-02 of the source role (3).
+Last, for the user running it, every credential source that a client would use before the endpoint (a
+warning each, with how to remove it: the daemon's own source may legitimately be one of them).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import botocore.config
 import botocore.exceptions
 
 from metadata_proxy.addresses import endpoint_url, reachable_host
+from metadata_proxy.client_chain import winning_sources
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.imds_client import EndpointError, NoCredentials, NotListening, imds_credentials
 from metadata_proxy.model import RoleSpec, format_time, region_of, role_of_assumed
-from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, source_session
+from metadata_proxy.source import NoSourceCredentials, drop_self_pointing, points_at, source_session
 from metadata_proxy.sts import AssumeRoleClient, StsError
 
 ONE_TRY = botocore.config.Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=5,
@@ -29,7 +32,7 @@ ONE_TRY = botocore.config.Config(retries={"total_max_attempts": 2, "mode": "stan
 @dataclass
 class Step:
     name: str
-    result: str  # "ok", "FAIL" or "skip"
+    result: str  # "ok", "FAIL", "warn" (does not fail the run) or "skip"
     detail: str
     fix: str = ""
 
@@ -81,6 +84,20 @@ class Doctor:
         self.steps.append(Step(*args))
 
     def run(self) -> bool:
+        """The checks of AWS and the daemon, then the client's chain; True when none of the former failed."""
+        rivals = winning_sources(dict(os.environ), self.is_own_endpoint)  # before the environment is trimmed
+        passed = self.check_aws()
+        for rival in rivals:
+            self.add("client credentials", "warn", f"{rival.source}: clients use it, not the endpoint",
+                     rival.remove)
+        if not rivals:
+            self.add("client credentials", "ok", "nothing in this environment or ~/.aws wins over the endpoint")
+        return passed
+
+    def is_own_endpoint(self, url: str) -> bool:
+        return any(points_at(url, self.config.host, role.port) for role in self.config.roles)
+
+    def check_aws(self) -> bool:
         # The daemon's own chain rules: variables pointing at the daemon are not the source identity.
         for role in self.config.roles:
             drop_self_pointing(os.environ, self.config.host, role.port)

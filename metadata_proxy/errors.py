@@ -9,7 +9,7 @@ The statuses let a supervisor tell a mistake that a restart could heal from one 
 
 from __future__ import annotations
 
-import sys
+from metadata_proxy.logs import print_error
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,5 +37,5 @@ class PermanentStartupError(StartupError):
 
 def report(error: ConfigError | StartupError) -> int:
     """Prints the one line and returns the exit status."""
-    print(f"metadata-proxy: error: {error}", file=sys.stderr, flush=True)
+    print_error(f"metadata-proxy: error: {error}")
     return error.exit_status

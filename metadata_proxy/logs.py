@@ -1,5 +1,9 @@
 """Logging set-up: text for terminals, JSON lines for journald / CloudWatch.
 
+When stderr is the journal (systemd connected it and says so in JOURNAL_STREAM), each line starts with its
+syslog priority as `<N>`, which journald reads (SyslogLevelPrefix=, on by default) and strips: so
+`journalctl -p err` shows errors, in either format. Anywhere else the lines are unchanged.
+
 Records may carry structured fields (`extra={"event": "refresh", "role": ...}`); the JSON format emits them
 as keys. Nothing logged here ever holds a key, a session token or an IMDSv2 token: the call sites pass
 ARNs, paths, codes and times only, and botocore/urllib3 (which log request headers at DEBUG) are held at
@@ -10,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
+from typing import TextIO
 
 FIELDS = ("event", "role", "outcome", "expires", "duration_s", "error_code", "remote", "method", "path", "status",
           "latency_ms", "route", "uid", "user", "count", "first", "last")
@@ -81,15 +87,52 @@ class ThrottleFilter(logging.Filter):
         return True
 
 
+def is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """systemd sets JOURNAL_STREAM to the device:inode of the stream it connected; only a match means this
+    stream is that one (a wrapper may have redirected stderr, and the variable is inherited by children)."""
+    try:
+        device, inode = (int(part) for part in environ.get("JOURNAL_STREAM", "").split(":"))
+        status = os.fstat(stream.fileno())
+    except (ValueError, OSError):  # unset or malformed, or a stream without a file descriptor
+        return False
+    return (status.st_dev, status.st_ino) == (device, inode)
+
+
+def syslog_priority(levelno: int) -> int:
+    """Python's level -> syslog's: CRITICAL 2 (crit), ERROR 3 (err), WARNING 4 (warning), INFO 6, DEBUG 7."""
+    for threshold, priority in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6)):
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+class JournalPrefix(logging.Formatter):
+    """Puts `<N>` before every line of another formatter's output (a traceback is several journal entries)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def print_error(line: str) -> None:
+    """A command's one-line error on stderr, at priority err when that is the journal."""
+    prefix = f"<{syslog_priority(logging.ERROR)}>" if is_journal(sys.stderr) else ""
+    print(prefix + line, file=sys.stderr, flush=True)
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(NoLibraryTracebacks())
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter: logging.Formatter = JsonFormatter()
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
         formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+    handler.setFormatter(JournalPrefix(formatter) if is_journal(sys.stderr) else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

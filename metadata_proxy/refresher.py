@@ -191,7 +191,9 @@ class Refresher:
         current = self.store.get(state.spec)
         serving = f"still serving credentials valid until {format_time(current.expiration)}" \
             if current else "no valid credentials to serve"
-        log.warning("AssumeRole of %s failed: %s; retry %d in %.1f s; %s", state.spec.role_arn, error,
-                    state.failures_in_a_row, delay, serving,
-                    extra={"event": "refresh", "role": state.spec.role_arn, "outcome": "failure",
-                           "error_code": error.code})
+        # An error (journalctl -p err) when only an operator can fix it, or when clients get nothing meanwhile.
+        level = logging.WARNING if error.transient and current else logging.ERROR
+        log.log(level, "AssumeRole of %s failed: %s; retry %d in %.1f s; %s", state.spec.role_arn, error,
+                state.failures_in_a_row, delay, serving,
+                extra={"event": "refresh", "role": state.spec.role_arn, "outcome": "failure",
+                       "error_code": error.code})

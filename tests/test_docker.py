@@ -1,11 +1,14 @@
-"""The Docker sidecar, tested without a Docker engine (none runs on the build machines): the compose file
-parses and wires the sidecar as documented, the image's install command works in a clean virtualenv, and
-the image's entrypoint serves and passes its HEALTHCHECK with the compose file's environment."""
+"""The Docker sidecar, tested without a Docker engine (none runs on the build machines): the Dockerfile's
+stages are laid out as documented (dependencies before the source, no pip in the final image, a health check
+that probes every second while starting), the build stage's steps make a working virtualenv without pip,
+the compose file wires the sidecar as documented, and the image's entrypoint serves and passes its
+HEALTHCHECK with the compose file's environment."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -24,10 +27,23 @@ DOCKERFILE = (DOCKER / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 
 
-def instructions(name: str) -> list[str]:
-    """The Dockerfile's instructions of one kind, continuation lines joined."""
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
-    return [line[len(name) + 1:].strip() for line in joined.splitlines() if line.startswith(name + " ")]
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (instruction, arguments), continuation lines joined."""
+    joined = re.sub(r"\s*\\\n\s*", " ", DOCKERFILE)
+    result: list[list[tuple[str, str]]] = []
+    for line in joined.splitlines():
+        if line and not line.startswith("#"):
+            name, _, arguments = line.partition(" ")
+            if name == "FROM":
+                result.append([])
+            result[-1].append((name, arguments.strip()))
+    return result
+
+
+def instructions(name: str, stage: int | None = None) -> list[str]:
+    """The arguments of every instruction of one kind, in one stage (index) or in all."""
+    chosen = stages() if stage is None else [stages()[stage]]
+    return [arguments for steps in chosen for kind, arguments in steps if kind == name]
 
 
 def interpolate(value: str, variables: dict[str, str]) -> str:
@@ -42,14 +58,33 @@ def interpolate(value: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
 
 
-def test_image_is_slim_unprivileged_and_has_a_healthcheck() -> None:
-    bases = instructions("FROM")
-    assert all(re.match(r"python:3\.\d+-slim\b", base) for base in bases)
-    assert len(bases) == 2 and instructions("COPY")[-1].startswith("--from=build /opt/metadata-proxy")
-    (user,) = instructions("USER")
+def test_final_image_is_the_slim_base_without_pip_and_the_venv_unprivileged() -> None:
+    assert [steps[0][1] for steps in stages()] == ["python:3.11-slim AS build", "python:3.11-slim AS runtime",
+                                                   "scratch"]
+    (cleanup,) = instructions("RUN", stage=1)
+    assert cleanup.startswith("python -m pip uninstall --yes --quiet pip setuptools wheel &&")
+    # Onto an empty image, so the removed files are not still in a lower layer.
+    assert instructions("COPY", stage=2) == ["--from=runtime / /",
+                                             "--from=build /opt/metadata-proxy /opt/metadata-proxy"]
+    (user,) = instructions("USER", stage=2)
     assert not user.startswith(("0", "root"))
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_source() -> None:
+    build = stages()[0]
+    order = [f"{kind} {arguments}" for kind, arguments in build]
+    dependencies = next(i for i, step in enumerate(order) if "--requirement" in step)
+    assert order.index("COPY pyproject.toml /src/") < dependencies < order.index(
+        "COPY metadata_proxy /src/metadata_proxy")
+
+
+def test_healthcheck_probes_every_second_while_starting() -> None:
     (health,) = instructions("HEALTHCHECK")
-    assert '"metadata-proxy", "healthcheck"' in health
+    options = dict(re.findall(r"--([\w-]+)=(\S+)", health[:health.index("CMD")]))
+    assert options["start-interval"] == "1s" and options["start-period"] == "60s"
+    assert options["interval"] == "30s"
+    assert yaml.safe_load(health[health.index("CMD") + 3:].strip()) == ["metadata-proxy", "healthcheck"]
+    assert "--format docker" in DOCKERFILE  # podman's default OCI format would drop the HEALTHCHECK
 
 
 def test_compose_file_wires_both_consumers_to_the_sidecars_loopback() -> None:
@@ -74,15 +109,36 @@ def test_compose_file_wires_both_consumers_to_the_sidecars_loopback() -> None:
     assert "tokens" in COMPOSE["volumes"]
 
 
-def test_the_images_install_command_works_in_a_clean_venv(tmp_path: Path) -> None:
-    (install,) = [r for r in instructions("RUN") if "pip install" in r]
-    venv = tmp_path / "venv"
+@pytest.mark.timeout(900)
+def test_the_build_stage_makes_a_working_venv_without_pip(tmp_path: Path) -> None:
+    """The build stage's COPY and RUN steps, in order, with the paths moved under tmp_path, and python and
+    pip being this interpreter's (the base image's pip is outside the venv too)."""
     root = Path(__file__).resolve().parent.parent
-    command = install.replace("/opt/metadata-proxy", str(venv)).replace("/src", str(root))
-    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    venv, src, tools = tmp_path / "venv", tmp_path / "src", tmp_path / "bin"
+    tools.mkdir()
+    (tools / "python").symlink_to(sys.executable)
+    (tools / "pip").write_text(f'#!/bin/sh\nexec {sys.executable} -m pip "$@"\n')
+    (tools / "pip").chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for kind, arguments in stages()[0][1:]:
+        arguments = arguments.replace("/opt/metadata-proxy", str(venv)).replace("/src", str(src))
+        if kind == "COPY":
+            source, destination = arguments.split()
+            if destination.endswith("/"):  # into a directory, as COPY does
+                Path(destination).mkdir(parents=True, exist_ok=True)
+                destination += Path(source).name
+            copy = shutil.copytree if (root / source).is_dir() else shutil.copy
+            copy(root / source, destination)
+        elif kind == "RUN":
+            result = subprocess.run(["sh", "-c", arguments], env=env, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     version = run([str(venv / "bin" / "metadata-proxy"), "--version"], {"PATH": "/usr/bin:/bin"})
     assert version.returncode == 0 and version.stdout.startswith("metadata-proxy ")
+    names = "import importlib.metadata as m; print(*(d.metadata['Name'].lower() for d in m.distributions()))"
+    listing = run([str(venv / "bin" / "python"), "-c", names], {"PATH": "/usr/bin:/bin"})
+    installed = listing.stdout.split()
+    assert "boto3" in installed and "aiohttp" in installed
+    assert not {"pip", "setuptools", "wheel"} & set(installed), installed
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import scenario
+from metadata_proxy.client_chain import winning_sources
 from metadata_proxy.policies import CrossAccountSetup
 from tests.conftest import World
 from tests.support.net import free_port
@@ -41,9 +42,12 @@ def test_correct_setup_passes_and_checks_the_running_daemon(world: World, tmp_pa
     code, table = doctor(world, tmp_path, world.source, "--role-arn", scenario.ROLE_01_ARN, "--bucket", scenario.BUCKET,
                          "--url", daemon.url)
     assert code == 0, table
+    # The source keys this test hands doctor in the environment would win for a client run with it too.
     assert rows(table) == {"source identity": "ok", "AssumeRole role-01": "ok", "assumed identity": "ok",
-                           "ListObjectsV2 s3://foobar": "ok", f"local endpoint {daemon.url}": "ok"}
+                           "ListObjectsV2 s3://foobar": "ok", f"local endpoint {daemon.url}": "ok",
+                           "client credentials": "warn"}
     assert "assumed-role/role-02/" in table and "assumed-role/role-01/" in table
+    assert "fix: unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN" in table
 
 
 def test_no_daemon_is_a_skip_not_a_failure(world: World, tmp_path: Path) -> None:
@@ -109,3 +113,21 @@ def test_a_daemon_serving_another_role_fails_the_last_step(world: World, tmp_pat
     code, table = doctor(world, tmp_path, broken_world, "--role-arn", BROKEN.trusting_role_arn, "--url", daemon.url)
     assert code == 1
     assert rows(table)[f"local endpoint {daemon.url}"] == "FAIL" and "another role" in table
+
+
+def test_doctor_warns_of_a_default_profile_that_wins_over_the_endpoint(world: World, tmp_path: Path) -> None:
+    """A ~/.aws/credentials [default] with keys: every SDK uses it before the endpoint. A warning, with the fix;
+    the run still passes (the daemon's own checks are fine)."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = x\n")
+    env = {**daemon_env(tmp_path, **world.source.environ()), "AWS_SHARED_CREDENTIALS_FILE": str(credentials)}
+    result = run([sys.executable, "-m", "metadata_proxy", "doctor", "--region", scenario.REGION, "--role-arn",
+                  scenario.ROLE_01_ARN, "--sts-endpoint-url", world.sts_url, "--port", str(free_port())], env)
+    assert result.returncode == 0, result.stdout
+    assert f"the [default] profile in {credentials} has keys: clients use it, not the endpoint" in result.stdout
+    assert f"fix: remove the [default] section from {credentials} (or rename it to a named profile)" in result.stdout
+    assert "AKIAEXAMPLE" not in result.stdout
+
+
+def test_nothing_wins_over_the_endpoint_in_a_clean_environment(world: World, tmp_path: Path) -> None:
+    assert winning_sources(daemon_env(tmp_path), lambda url: False) == []

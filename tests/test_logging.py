@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from metadata_proxy import scenario
-from metadata_proxy.logs import ThrottleFilter
+from metadata_proxy.logs import JournalPrefix, ThrottleFilter, syslog_priority
 from tests.conftest import World, launch
 from tests.support.http import get, request, token
 from tests.support.net import free_port
+from tests.support.processes import daemon_env
 
 CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
@@ -80,3 +87,45 @@ def test_repeated_errors_are_one_line_a_minute_with_the_number_held_back() -> No
     later = record("socket.accept() out of system resource", OSError(24, "x"))
     assert throttle.filter(later)
     assert later.getMessage() == "socket.accept() out of system resource (5000 more like this held back)"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_each_line_carries_its_syslog_priority_when_stderr_is_the_journal(
+        world: World, tmp_path: Path, log_format: str) -> None:
+    """systemd names the stream it connected in JOURNAL_STREAM (device:inode). Here that stream is a file, so
+    the test knows its inode; a refused AssumeRole gives info lines, then the error line that ends the run."""
+    stderr_path = tmp_path / "stderr"
+
+    def serve(journal_inode_offset: int) -> list[str]:
+        world.proxy.fail_next("AssumeRole", "denied")
+        with stderr_path.open("w") as stderr:
+            status = os.fstat(stderr.fileno())
+            env = daemon_env(tmp_path, **world.source.environ(),
+                             JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino + journal_inode_offset}")
+            result = subprocess.run([sys.executable, "-m", "metadata_proxy", "serve", "--role-arn",
+                                     scenario.ROLE_01_ARN, "--port", "0", "--region", scenario.REGION,
+                                     "--sts-endpoint-url", world.sts_url, "--log-format", log_format],
+                                    env=env, stderr=stderr, stdout=subprocess.DEVNULL, timeout=120)
+        assert result.returncode == 4
+        return stderr_path.read_text().splitlines()
+
+    lines = serve(0)
+    (assuming,) = [line for line in lines if "assuming arn:aws:iam::111111110001:role/role-01" in line]
+    assert assuming.startswith("<6>")
+    assert lines[-1].startswith("<3>metadata-proxy: error: AssumeRole of arn:aws:iam::111111110001:role/role-01 "
+                                "failed: AccessDenied")
+    assert all(re.match(r"<[3-7]>", line) for line in lines)
+    if log_format == "json":
+        assert all(json.loads(line[3:]) for line in lines[:-1])
+
+    # The near miss: JOURNAL_STREAM inherited from elsewhere (another inode) leaves the lines alone.
+    plain = serve(1)
+    assert plain[-1].startswith("metadata-proxy: error: AssumeRole of") and not any(
+        re.match(r"<\d>", line) for line in plain)
+
+
+def test_a_multi_line_record_gets_the_prefix_on_every_line() -> None:
+    record = logging.LogRecord("metadata_proxy", logging.WARNING, __file__, 1, "first\nsecond", None, None)
+    assert JournalPrefix(logging.Formatter("%(message)s")).format(record) == "<4>first\n<4>second"
+    assert [syslog_priority(level) for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO,
+                                                 logging.DEBUG)] == [2, 3, 4, 6, 7]
