@@ -42,7 +42,7 @@ from metadata_proxy.sts import AssumeRoleClient, StsError
 from metadata_proxy.threads import Stopped, in_daemon_thread, unless_stopped
 from metadata_proxy.tokenfile import default_token_dir, ensure_private_dir, load_or_create_token
 from metadata_proxy.tokens import TokenAuthority
-from metadata_proxy.transparent import TransparentEndpoint
+from metadata_proxy.transparent import TransparentEndpoint, group_members
 
 log = logging.getLogger("metadata_proxy")
 T = TypeVar("T")
@@ -213,12 +213,14 @@ class Daemon:
 
     def install_routes(self, listener: Listener) -> None:
         assert self.refresher is not None and listener.spec is not None
+        role = listener.role
+        listener.owners = frozenset(role.users).union(*map(group_members, role.groups)) if role.mapped else None
         listener.routes = role_routes(self._shared, self.config, listener.role, listener.spec,
                                       self.refresher.states[listener.spec], listener.token)
 
     async def serve(self, listener: Listener) -> None:
         self.install_routes(listener)
-        await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.config.allowed_uids,
+        await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.allowed_on(listener),
                              self.config.hop_limit, lambda: self.config.audit_interval)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
@@ -228,6 +230,13 @@ class Daemon:
                  "optional" if self.config.allow_imdsv1 else "required")
         for name, value in listener.exports[1:]:
             log.info("container credentials for %s: %s=%s", listener.role.name, name, value)
+
+    def allowed_on(self, listener: Listener) -> frozenset[int] | None:
+        """Who may use a role's own listener: the allow-list, narrowed to the users the role is mapped to."""
+        allowed = self.config.allowed_uids
+        if listener.owners is None:
+            return allowed
+        return listener.owners if allowed is None else allowed & listener.owners
 
     # --- status ---
 

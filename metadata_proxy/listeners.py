@@ -235,6 +235,7 @@ class Listener(Endpoint):
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
+        self.owners: frozenset[int] | None = None  # a role mapped to users is theirs alone, on its own port too
 
     @property
     def audit_role(self) -> str | None:

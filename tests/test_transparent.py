@@ -213,6 +213,8 @@ try:
     print(json.dumps({path: call("GET", path, {"X-aws-ec2-metadata-token": token}) for path in sys.argv[4:]}))
 except ConnectionRefusedError:
     print(json.dumps("refused"))
+except (http.client.RemoteDisconnected, ConnectionResetError):
+    print(json.dumps("closed"))
 """
 
 
@@ -388,6 +390,17 @@ class TestTwoRolesForTwoUsers:
                                                                           CREDS + other: [404, "Not Found"]}
         assert ROLE_01_SESSION.match(boto3_identity(instance, homes, "nobody")["arn"])
         assert boto3_identity(instance, homes, "daemon")["arn"].startswith(ROLE_04_SESSION_PREFIX)
+
+    def test_a_mapped_roles_own_listener_serves_only_its_users(self, instance: Instance, homes: Path,
+                                                               two_roles: DaemonProcess) -> None:
+        """The role's loopback port is no way around the mapping: daemon (role-04's group) is closed out of
+        role-01's port, and nobody out of role-04's, at accept."""
+        ports = [int(two_roles.export("AWS_EC2_METADATA_SERVICE_ENDPOINT", index).rstrip("/").rsplit(":", 1)[1])
+                 for index in (0, 1)]
+        assert fetch(instance, homes, "nobody", CREDS, address="127.0.0.1", port=ports[0]) == {CREDS: [200, "role-01"]}
+        assert fetch(instance, homes, "daemon", CREDS, address="127.0.0.1", port=ports[0]) == "closed"
+        assert fetch(instance, homes, "daemon", CREDS, address="127.0.0.1", port=ports[1]) == {CREDS: [200, "role-04"]}
+        assert fetch(instance, homes, "nobody", CREDS, address="127.0.0.1", port=ports[1]) == "closed"
 
     def test_an_unmapped_user_gets_no_role_when_every_role_is_mapped(self,
                                                                      instance: Instance, homes: Path) -> None:
