@@ -68,24 +68,26 @@ def served(url: str) -> bool:
     return reply.status == 200 and b'"Code": "Success"' in reply.body
 
 
-def started(process: DaemonProcess) -> tuple[str, int]:
+def log_while_held(process: DaemonProcess, hold, connections: int) -> list[str]:
+    """Holds that many connections as nobody, checks that root is served five times meanwhile, stops the
+    daemon (exit 0), and returns what it logged from the moment it was ready."""
     url = process.wait_ready()
     assert url, process.stderr
-    return url, len(process.stderr_lines)
-
-
-def test_one_user_holding_every_slot_does_not_stop_another(world: World, tmp_path: Path, hold,
-                                                           loop_name: str) -> None:
-    """nobody holds 1,200 connections (the limit is 1,024 in all); root still gets credentials, five times."""
-    process = launch(world, tmp_path, loop=loop_name)
-    url, before = started(process)
+    before = len(process.stderr_lines)
     try:
-        hold(url, 1200)
+        hold(url, connections)
         assert [served(url) for _ in range(5)] == [True] * 5
     finally:
         assert process.stop() == 0
     flood = process.stderr_lines[before:]
     assert len(flood) <= 30, flood
+    return flood
+
+
+def test_one_user_holding_every_slot_does_not_stop_another(world: World, tmp_path: Path, hold,
+                                                           loop_name: str) -> None:
+    """nobody holds 1,200 connections (the limit is 1,024 in all); root still gets credentials, five times."""
+    flood = log_while_held(launch(world, tmp_path, loop=loop_name), hold, 1200)
     assert not [line for line in flood if "Traceback" in line]
 
 
@@ -93,15 +95,7 @@ def test_a_refused_user_is_closed_at_once_and_holds_nothing(world: World, tmp_pa
                                                             loop_name: str) -> None:
     """With an allow-list, nobody's 1,200 connections are closed as they arrive: the allowed user is served,
     and the refusals are one warning and one audit record."""
-    process = launch(world, tmp_path, "--allow-uid", str(os.geteuid()), loop=loop_name)
-    url, before = started(process)
-    try:
-        hold(url, 1200)
-        assert [served(url) for _ in range(5)] == [True] * 5
-    finally:
-        assert process.stop() == 0
-    flood = process.stderr_lines[before:]
-    assert len(flood) <= 30, flood
+    flood = log_while_held(launch(world, tmp_path, "--allow-uid", str(os.geteuid()), loop=loop_name), hold, 1200)
     refusals = [line for line in flood if f"uid {NOBODY.pw_uid} (nobody)" in line]
     assert len(refusals) == 2, refusals  # the warning at once, the audit record with the count at the stop
     assert "refused connections from uid 65534 (nobody): not an allowed local user" in refusals[0]
@@ -113,13 +107,6 @@ def test_a_refused_user_is_closed_at_once_and_holds_nothing(world: World, tmp_pa
 def test_a_low_descriptor_limit_is_no_storm(world: World, tmp_path: Path, hold, loop_name: str) -> None:
     """Under a limit of 256 descriptors (hard and soft), nobody's 600 connections never reach EMFILE: the cap
     stays below the limit, root is served, and there is no traceback."""
-    process = launch(world, tmp_path, loop=loop_name, wrapper=("prlimit", "--nofile=256:256", "--"))
-    url, before = started(process)
-    try:
-        hold(url, 600)
-        assert [served(url) for _ in range(5)] == [True] * 5
-    finally:
-        assert process.stop() == 0
-    flood = process.stderr_lines[before:]
-    assert len(flood) <= 30, flood
+    limited = launch(world, tmp_path, loop=loop_name, wrapper=("prlimit", "--nofile=256:256", "--"))
+    flood = log_while_held(limited, hold, 600)
     assert not [line for line in flood if "Traceback" in line or "Too many open files" in line], flood
