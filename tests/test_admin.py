@@ -89,7 +89,7 @@ def test_health_and_readiness(daemon: tuple[DaemonProcess, str]) -> None:
 
 
 def test_admin_port_must_differ_from_the_role_ports() -> None:
-    from metadata_proxy.cli import build_parser
+    from metadata_proxy.cli_parser import build_parser
     from metadata_proxy.config import load_serve_config
 
     args = build_parser().parse_args(["serve", "--role-arn", scenario.ROLE_01_ARN, "--port", "9300",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from metadata_proxy.cli import build_parser
+from metadata_proxy.cli_parser import build_parser
 from metadata_proxy.config import ServeConfig, default_session_name, load_serve_config
 from metadata_proxy.errors import ConfigError
 from metadata_proxy.options import OPTIONS

@@ -14,7 +14,7 @@ import pytest
 
 from metadata_proxy import scenario
 from metadata_proxy.addresses import DEFAULT_PORT
-from metadata_proxy.cli import build_parser
+from metadata_proxy.cli_parser import build_parser
 from metadata_proxy.config import load_serve_config
 from metadata_proxy.notify import Notifier
 from tests.conftest import World, launch
