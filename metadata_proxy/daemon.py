@@ -32,7 +32,7 @@ from metadata_proxy.gate import HostCheck
 from metadata_proxy.listeners import Endpoint, Listener, bind_socket
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import Credentials, RoleSpec, format_time, region_of
-from metadata_proxy.notify import Notifier
+from metadata_proxy.notify import Notifier, heartbeat
 from metadata_proxy.refresher import Refresher, RoleState
 from metadata_proxy.reloader import Reloader
 from metadata_proxy.routes import Shared, role_routes
@@ -47,7 +47,6 @@ from metadata_proxy.transparent import TransparentEndpoint, group_members
 log = logging.getLogger("metadata_proxy")
 T = TypeVar("T")
 
-HEARTBEAT = 1.0  # seconds between event-loop heartbeats (and the fastest watchdog ping)
 
 
 class Daemon:
@@ -99,8 +98,8 @@ class Daemon:
             except Stopped:
                 log.info("stopped before the first credentials arrived")
                 return
-            heartbeat = asyncio.create_task(self._heartbeat())
-            stack.callback(heartbeat.cancel)
+            beating = asyncio.create_task(heartbeat(self.notifier, self._beat))
+            stack.callback(beating.cancel)
             self.notifier.send("READY=1", f"STATUS={self.status()}")
             on_ready(self.listeners)
             await self._main_loop()
@@ -255,14 +254,8 @@ class Daemon:
         line = "serving " + "; ".join(parts) if parts else "starting"
         return line + (f"; {self.reload_rejected}" if self.reload_rejected else "")
 
-    async def _heartbeat(self) -> None:
-        """Proves the event loop turns: /healthz reads it, and systemd's watchdog gets its pings from here."""
-        interval = min(HEARTBEAT, self.notifier.watchdog_interval or HEARTBEAT)
-        while True:
-            self.last_heartbeat = time.monotonic()
-            if self.notifier.watchdog_interval:
-                self.notifier.send("WATCHDOG=1")
-            await asyncio.sleep(interval)
+    def _beat(self) -> None:
+        self.last_heartbeat = time.monotonic()
 
     async def reload(self) -> None:
         """Re-reads the configuration and moves to it, or keeps the running one (reloader.py)."""

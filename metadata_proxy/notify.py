@@ -7,12 +7,15 @@ pings come from a task on the event loop, so they stop when the loop stalls and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("metadata_proxy.notify")
+
+HEARTBEAT = 1.0  # seconds between event-loop heartbeats (and the fastest watchdog ping)
 
 
 class Notifier:
@@ -41,3 +44,13 @@ class Notifier:
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
+
+
+async def heartbeat(notifier: Notifier, beat: Callable[[], None]) -> None:
+    """Proves the event loop turns: beat() records it for /healthz, and systemd's watchdog gets its pings here."""
+    interval = min(HEARTBEAT, notifier.watchdog_interval or HEARTBEAT)
+    while True:
+        beat()
+        if notifier.watchdog_interval:
+            notifier.send("WATCHDOG=1")
+        await asyncio.sleep(interval)
