@@ -213,6 +213,8 @@ def test_configured_instance_values(session_world: World, tmp_path: Path) -> Non
 
 # --- §8.11 and issue "basic safety": Host allow-list, header limits, no CORS ---
 
+# Host header values only (sent to the loopback daemon): nothing connects to 169.254.169.254 here, so no
+# isolated network namespace is needed.
 @pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:9254", "169.254.169.254.nip.io",
                                   # near-misses of accepted names: a rebinding name may start like one
                                   "localhost.attacker.example", "127.0.0.1.attacker.example",

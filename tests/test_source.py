@@ -13,7 +13,7 @@ from metadata_proxy.source import drop_self_pointing, points_at
     ("http://127.0.0.2:9254/", "127.0.0.1", 9254, True),  # the whole loopback net reaches a loopback bind
     ("http://[::1]:9254/", "::1", 9254, True),
     ("http://127.0.0.1:9255/", "127.0.0.1", 9254, False),  # another daemon: chaining is allowed
-    ("http://169.254.169.254/", "127.0.0.1", 80, False),
+    ("http://169.254.169.254/", "127.0.0.1", 80, False),  # a string only: no isolated netns needed
     ("http://10.1.2.3:9254/", "0.0.0.0", 9254, True),
     ("http://10.1.2.3:9254/", "10.1.2.4", 9254, False),
     ("http://127.0.0.1/", "127.0.0.1", 80, True),
