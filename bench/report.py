@@ -1,121 +1,178 @@
-"""Turns results.json into the Markdown tables of docs/performance.md and PNG plots."""
+"""Markdown from results files: results.md next to a run's results.json, and, as a command, the generated
+docs/performance.md and the performance paragraph of the README.
+
+    python -m bench.report          # docs/perf/results.json + docs/perf/soak.json -> docs/performance.md, README
+
+Every figure written here is read from a results file; the prose around them holds none of its own.
+"""
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
+import argparse
+import json
+import math
+import re
 from pathlib import Path
 
-TARGETS = {"ratio_vs_aiohttp_32": 1.0, "p99_ms_32": 10.0, "fetches_per_s": 3000, "close_rps": 3000,
-           "cold_assume_role_calls": 1, "per_hour": 3, "rss_growth_mb": 5.0}
+from . import report_text
+from .load import HEADLINE_CONNECTIONS
+from .provenance import describe
+from .summary import by_loop, median, ratios, throughput_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+README_BLOCK = re.compile(r"(<!-- bench-summary -->\n).*?(<!-- /bench-summary -->)", re.S)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def num(value: float | None, spec: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
 
 
-def throughput_summary(rows: list[dict]) -> dict[tuple[str, int], dict]:
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["baseline"], row["connections"])].append(row)
-    summary = {}
-    for key, group in groups.items():
-        ratios = [r["ratio"] for r in group if r["ratio"]]
-        summary[key] = {"ratio": _median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                        "product_rps": _median([r["product_rps"] for r in group]),
-                        "baseline_rps": _median([r["baseline_rps"] for r in group]),
-                        "product_p50_ms": _median([r["product_p50_ms"] for r in group]),
-                        "product_p99_ms": _median([r["product_p99_ms"] for r in group]),
-                        "baseline_p99_ms": _median([r["baseline_p99_ms"] for r in group]),
-                        "errors": sum(r["errors"] for r in group)}
-    return summary
+def ratio(s: dict) -> str:
+    return f"{num(s['ratio'], '.2f')}x [{num(s['ratio_min'], '.2f')}-{num(s['ratio_max'], '.2f')}]"
 
 
-def markdown(results: dict) -> str:
-    lines = ["# Benchmark results", "",
-             f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}; servers pinned "
-             f"to CPU {results['machine']['server_cpu']}, load generators to CPU {results['machine']['load_cpu']}. "
-             f"{results['settings']['repeats']} window(s) of {results['settings']['seconds']} s per cell; "
-             "medians, with the spread of the ratio in brackets.", "",
-             "## Cached credentials GET, side by side with each baseline", "",
-             "| baseline | connections | metadata-proxy req/s | baseline req/s | ratio | p50 ms | p99 ms | "
-             "baseline p99 ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for (baseline, connections), s in sorted(throughput_summary(results["throughput"]).items()):
-        lines.append(f"| {baseline} | {connections} | {s['product_rps']:,.0f} | {s['baseline_rps']:,.0f} | "
-                     f"{s['ratio']:.2f}x [{s['ratio_min']:.2f}-{s['ratio_max']:.2f}] | {s['product_p50_ms']:.2f} | "
-                     f"{s['product_p99_ms']:.2f} | {s['baseline_p99_ms']:.2f} | {s['errors']} |")
-    fetches = results["fetches"]
-    sequence = _median([r["fetches_per_s"] for r in fetches["sequence"]])
-    close = fetches["connection_close"]
-    lines += ["", "## Full IMDSv2 fetches and fresh connections", "",
-              "| measurement | result | target |", "| --- | ---: | ---: |",
-              f"| full fetches/s (PUT token + GET role + GET credentials, 8 connections) | {sequence:,.0f} | "
-              f">= {TARGETS['fetches_per_s']:,} |",
-              f"| req/s with `Connection: close`, 32 connections | {_median([r['product_rps'] for r in close]):,.0f} "
-              f"({_median([r['ratio'] for r in close]):.2f}x aiohttp's) | >= {TARGETS['close_rps']:,} |"]
+def table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def verdict_section(results: dict) -> list[str]:
+    rows = []
+    for v in results["verdicts"]:
+        state = {True: "met", False: "**not met**", None: "not measured"}[v["met"]]
+        conditions = ", ".join(f"{k} {val}" for k, val in v["conditions"].items())
+        rows.append([v["target"], num(v["measured"], ",.2f") if v["measured"] is not None else "n/a",
+                     f"{v['comparison']} {num(v['limit'], ',.2f')}", state, conditions])
+    return ["## Targets", "", *table(["target", "measured", "limit", "verdict", "conditions"], rows, 1)]
+
+
+def throughput_section(results: dict) -> list[str]:
+    rows = [[loop, baseline, str(c), num(s["product_rps"]), num(s["baseline_rps"]), ratio(s),
+             num(s["product_p50_ms"], ".2f"), num(s["product_p99_ms"], ".2f"), num(s["baseline_p99_ms"], ".2f"),
+             f"{s['errors']}/{s['baseline_errors']}"]
+            for (loop, baseline, c), s in sorted(throughput_summary(results["throughput"]).items())]
+    lines = ["## Cached-credentials GET, side by side with each baseline on the same event loop", "",
+             *table(["event loop", "baseline", "connections", "metadata-proxy req/s", "baseline req/s", "ratio",
+                     "p50 ms", "p99 ms", "baseline p99 ms", "errors (ours/theirs)"], rows, 2)]
+    if results.get("loop_against_loop"):
+        s = ratios(results["loop_against_loop"])
+        lines += [f"metadata-proxy on uvloop against metadata-proxy on asyncio, side by side at "
+                  f"{results['loop_against_loop'][0]['connections']} connections: {ratio(s)} "
+                  f"({num(s['product_rps'])} vs {num(s['baseline_rps'])} req/s).", ""]
+    return lines
+
+
+def allow_uid_section(results: dict) -> list[str]:
+    rows = []
+    for loop, group in sorted(by_loop(results["allow_uid_close"]).items()):
+        s = ratios(group)
+        rows.append([loop, num(group[0]["idle_connections"]), num(median([r["socket_table_rows"] for r in group])),
+                     num(s["product_rps"]), num(s["baseline_rps"]), ratio(s), num(s["product_p99_ms"], ".2f"),
+                     f"{s['errors']}/{s['baseline_errors']}"])
+    return ["## A new connection per request, with and without `--allow-uid`, in a crowded socket table", "",
+            *table(["event loop", "idle connections held", "socket table rows", "with --allow-uid req/s",
+                    "without req/s", "ratio", "p99 ms with", "errors (with/without)"], rows)]
+
+
+def flood_section(results: dict) -> list[str]:
+    rows = [[r["loop"], num(r["seconds"], ".0f"), str(r["connections"]), num(r["requests"]), num(r["rps"]),
+             str(r["log_lines"])] for r in results["flood"]]
+    return ["## Log volume under a flood (default log level, wrk at full speed against the product alone)", "",
+            *table(["event loop", "seconds", "connections", "requests", "req/s", "log lines written"], rows)]
+
+
+def other_sections(results: dict) -> list[str]:
+    lines = ["## Full IMDSv2 fetches (token PUT, role GET, credentials GET; 8 connections, the product alone)", "",
+             *table(["event loop", "fetches/s", "p99 ms", "errors"],
+                    [[loop, num(median([r["fetches_per_s"] for r in g])), num(median([r["p99_ms"] for r in g]), ".2f"),
+                      str(sum(r["errors"] for r in g))] for loop, g in sorted(by_loop(results["fetches"]).items())])]
     cold, hours = results["cold_clients"], results["simulated_hours"]
-    lines += ["", "## STS economy", "", "| measurement | result | target |", "| --- | ---: | ---: |",
-              f"| AssumeRole calls for {cold['clients']:,} concurrent cold clients ({cold['succeeded']:,} served) | "
-              f"{cold['assume_role_calls']} | {TARGETS['cold_assume_role_calls']} |",
-              f"| AssumeRole calls per hour over {hours['simulated_hours']} simulated hours (busiest hour) | "
-              f"{hours['per_hour']:.2f} ({hours['busiest_hour']}) | <= {TARGETS['per_hour']} |"]
-    lines += ["", "## Start-up (process start to serving, and to READY=1)", "",
-              "| STS latency | to serving, median s | to READY=1, median s |", "| ---: | ---: | ---: |"]
-    by_latency: dict[float, list[dict]] = defaultdict(list)
+    lines += ["## STS economy", "", *table(["measurement", "result"], [
+        [f"AssumeRole calls for {num(cold['clients'])} concurrent cold clients ({num(cold['succeeded'])} served)",
+         str(cold["assume_role_calls"])],
+        [f"AssumeRole calls per hour over {hours['simulated_hours']} simulated hours (busiest hour)",
+         f"{num(hours['per_hour'], '.2f')} ({hours['busiest_hour']})"]])]
+    by_latency: dict[float, list[dict]] = {}
     for row in results["startup"]:
-        by_latency[row["sts_latency_ms"]].append(row)
-    for latency, rows in sorted(by_latency.items()):
-        lines.append(f"| {latency:.0f} ms | {_median([r['to_serving_s'] for r in rows]):.3f} | "
-                     f"{_median([r['to_ready_s'] for r in rows]):.3f} |")
-    memory = results["memory"]
-    lines += ["", "## Memory", "", "| requests served | RSS MB |", "| ---: | ---: |"]
-    lines += [f"| {row['requests']:,} | {row['rss_mb']:.1f} |" for row in memory]
-    lines.append(f"\nGrowth between the last two checkpoints: {memory[-1]['rss_mb'] - memory[-2]['rss_mb']:.2f} MB "
-                 f"(target < {TARGETS['rss_growth_mb']} MB).")
-    cli = results["aws_cli"]
-    lines += ["", "## `aws s3 ls` end to end", "",
-              f"Through the daemon {cli['through_daemon']['median']:.3f} s, with static keys in the environment "
-              f"{cli['static_env']['median']:.3f} s (medians of {cli['static_env']['n']}): the daemon adds "
-              f"{cli['difference_s'] * 1000:.0f} ms, the CLI's own start-up dominates.", ""]
-    return "\n".join(lines)
+        by_latency.setdefault(row["sts_latency_ms"], []).append(row)
+    lines += ["## Start-up (process start to serving, and to READY=1)", "",
+              *table(["STS latency", "to serving, median s", "to READY=1, median s", "runs"],
+                     [[f"{latency:.0f} ms", num(median([r["to_serving_s"] for r in rows]), ".3f"),
+                       num(median([r["to_ready_s"] for r in rows]), ".3f"), str(len(rows))]
+                      for latency, rows in sorted(by_latency.items())], 0)]
+    lines += ["## Memory", "", *table(["requests served", "RSS MB"],
+                                      [[num(r["requests"]), num(r["rss_mb"], ".1f")] for r in results["memory"]], 0)]
+    cli, health = results["aws_cli"], results["healthcheck"]
+    lines += ["## `aws s3 ls` end to end", "",
+              f"Through the daemon {num(cli['through_daemon']['median'], '.3f')} s, with the same credentials as "
+              f"static keys in the environment {num(cli['static_env']['median'], '.3f')} s (medians of "
+              f"{cli['static_env']['n']}).", "",
+              "## `metadata-proxy healthcheck`", "",
+              f"Exit status {health['exit_status']}; of {', '.join(health['watched'])} it imports "
+              f"{', '.join(health['imported']) or 'none'}; CPU time per check "
+              f"{num(health['cpu_s']['median'], '.3f')} s "
+              f"(median of {health['cpu_s']['n']}).", ""]
+    return lines
 
 
-def plots(results: dict, out: Path) -> None:
-    import matplotlib
+def sections(results: dict) -> list[str]:
+    return [*verdict_section(results), *throughput_section(results), *allow_uid_section(results),
+            *flood_section(results), *other_sections(results)]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    summary = throughput_summary(results["throughput"])
-    baselines = sorted({b for b, _ in summary})
-    figure, (ratio_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for baseline in baselines:
-        points = sorted((c, s) for (b, c), s in summary.items() if b == baseline)
-        xs = [c for c, _ in points]
-        ratio_axis.plot(xs, [s["ratio"] for _, s in points], marker="o", label=f"vs {baseline}")
-        latency_axis.plot(xs, [s["baseline_p99_ms"] for _, s in points], marker="x", linestyle="--",
-                          label=f"{baseline} p99")
-    points = sorted((c, s) for (b, c), s in summary.items() if b == baselines[0])
-    latency_axis.plot([c for c, _ in points], [s["product_p99_ms"] for _, s in points], marker="o", color="black",
-                      label="metadata-proxy p99")
-    for axis in (ratio_axis, latency_axis):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("connections")
-        axis.legend(fontsize=8)
-    ratio_axis.axhline(1.0, color="grey", linewidth=0.8)
-    ratio_axis.set_ylabel("metadata-proxy req/s ÷ baseline req/s (same window)")
-    latency_axis.set_ylabel("p99 latency, ms")
-    latency_axis.set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(out / "throughput.png", dpi=110)
-    plt.close(figure)
+def runs_table(results: dict) -> list[str]:
+    rows = [[str(r["id"]), r["server"], r["event_loop"] or "", r.get("log_level", ""),
+             "`" + " ".join(r.get("flags") or r.get("command", [])) + "`", str(r.get("log_lines", ""))]
+            for r in results["runs"]]
+    return ["## Servers started", "", *table(["run", "server", "event loop", "log level", "flags", "log lines"],
+                                             rows, 5)]
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.5))
-    memory = results["memory"]
-    axis.plot([r["requests"] for r in memory], [r["rss_mb"] for r in memory], marker="o")
-    axis.set_xlabel("requests served")
-    axis.set_ylabel("resident memory, MB")
-    axis.set_ylim(bottom=0)
-    figure.tight_layout()
-    figure.savefig(out / "memory.png", dpi=110)
-    plt.close(figure)
+
+def results_markdown(results: dict) -> str:
+    return "\n".join(["# Benchmark results", "", describe(results["provenance"]), "", *sections(results),
+                      *runs_table(results)])
+
+
+def readme_summary(results: dict) -> str:
+    headline = throughput_summary(results["throughput"])
+    parts = []
+    for loop in results["settings"]["loops"]:
+        s = headline.get((loop, "aiohttp web.Application", HEADLINE_CONNECTIONS))
+        if s:
+            parts.append(f"{num(s['ratio'], '.2f')}x a bare aiohttp handler on {loop} (p99 "
+                         f"{num(s['product_p99_ms'], '.1f')} ms)")
+    fetches = median([r["fetches_per_s"] for r in results["fetches"]])
+    cold, (before, after) = results["cold_clients"], results["memory"][-2:]
+    return (f"Performance (measured by `python -m bench`, see [docs/performance.md](docs/performance.md)): with "
+            f"its default flags, at {HEADLINE_CONNECTIONS} connections side by side, the cached-credentials path "
+            f"answers at {' and '.join(parts)}; {num(fetches)} full IMDSv2 fetches a second; "
+            f"{cold['assume_role_calls']} AssumeRole call(s) for {num(cold['clients'])} cold clients; "
+            f"{num(after['rss_mb'] - before['rss_mb'], '.1f')} MB of memory growth between "
+            f"{num(before['requests'])} and {num(after['requests'])} requests.\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=ROOT / "docs/perf/results.json")
+    parser.add_argument("--soak", type=Path, default=ROOT / "docs/perf/soak.json")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs/performance.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text())
+    soak = json.loads(args.soak.read_text())
+    body = [describe(results["provenance"]), "", *sections(results)]
+    args.docs.write_text(report_text.performance_md(results, soak, "\n".join(body)))
+    readme = args.readme.read_text()
+    if not README_BLOCK.search(readme):
+        raise SystemExit(f"bench.report: {args.readme} has no <!-- bench-summary --> block")
+    args.readme.write_text(README_BLOCK.sub(lambda m: m[1] + readme_summary(results) + m[2], readme))
+    print(f"bench.report: wrote {args.docs} and the summary in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

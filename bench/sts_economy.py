@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-from pathlib import Path
 
 import aiohttp
 import moto.sts.models
@@ -17,7 +16,7 @@ from metadata_proxy.daemon import Daemon
 from tests.support.fakeclock import FakeClock
 from tests.support.faultproxy import FaultProxy
 
-from . import targets
+from . import servers
 
 
 async def _full_fetch(session: aiohttp.ClientSession, base: str) -> bool:
@@ -33,11 +32,11 @@ async def _full_fetch(session: aiohttp.ClientSession, base: str) -> bool:
         return False
 
 
-def cold_clients(world: targets.World, proxy: FaultProxy, home: Path, clients: int) -> dict:
+def cold_clients(world: servers.World, proxy: FaultProxy, loop: str, clients: int) -> dict:
     """A fresh daemon, then `clients` SDK-style fetches all at once."""
     proxy.reset()
-    with targets.product(world, home) as product:
-        base = product.url.removesuffix(targets.CREDENTIALS) + "/"
+    with servers.product(world, loop) as product:
+        base = servers.base_url(product)
 
         async def crowd() -> list[bool]:
             connector = aiohttp.TCPConnector(limit=clients, force_close=True)
@@ -46,10 +45,11 @@ def cold_clients(world: targets.World, proxy: FaultProxy, home: Path, clients: i
                 return await asyncio.gather(*(_full_fetch(session, base) for _ in range(clients)))
 
         outcomes = asyncio.run(crowd())
-    return {"clients": clients, "succeeded": sum(outcomes), "assume_role_calls": proxy.calls["AssumeRole"]}
+    return {"run": product.run, "clients": clients, "succeeded": sum(outcomes),
+            "assume_role_calls": proxy.calls["AssumeRole"]}
 
 
-async def assume_role_calls_per_simulated_hour(world: targets.World, proxy: FaultProxy, hours: int) -> dict:
+async def assume_role_calls_per_simulated_hour(world: servers.World, proxy: FaultProxy, hours: int) -> dict:
     """The daemon in this process on a clock moved by hand (moto's STS follows it), a minute at a time."""
     clock = FakeClock()
     original = moto.sts.models.utcnow
