@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -93,7 +94,7 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {int(LOAD_CPU)})  # moto, the fault proxy and this runner stay off the server CPU
-    results: dict = {"provenance": provenance(), "settings": s}
+    results: dict = {"provenance": provenance(out), "settings": s}
     with ExitStack() as stack:
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
@@ -102,8 +103,7 @@ def main() -> int:
         moto_url = f"http://{host}:{port}"
         proxy = FaultProxy(host, port).start()
         stack.callback(proxy.stop)
-        home = out / "home"
-        home.mkdir(exist_ok=True)
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-home-")))  # and the logs
         world = World(moto_url, proxy.url, scenario.build_world(moto_url), home)
         for name, measure in steps(s, world, proxy):
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

@@ -101,25 +101,25 @@ def goals() -> list[Goal]:
                  f"{HEADLINE_CONNECTIONS} connections >= 1.0x a bare aiohttp web.Application on {loop}", 1.0, True,
                  _headline(loop, "aiohttp web.Application", "ratio")),
             Goal(f"{loop}: p99", f"default flags on {loop}: p99 latency at {HEADLINE_CONNECTIONS} connections "
-                 "<= 10 ms (ms)", 10.0, False, _headline(loop, "aiohttp web.Application", "product_p99_ms")),
+                 "<= 10 ms", 10.0, False, _headline(loop, "aiohttp web.Application", "product_p99_ms")),
             Goal(f"{loop}: vs web.Server", f"default flags on {loop}: cached-credentials GET at "
                  f"{HEADLINE_CONNECTIONS} connections >= 0.85x a bare aiohttp web.Server on {loop}", 0.85, True,
                  _headline(loop, "aiohttp web.Server", "ratio")),
             Goal(f"{loop}: --allow-uid", f"on {loop}, Connection: close, a crowded socket table: --allow-uid "
                  ">= 0.8x the same without an allow-list", 0.8, True, _allow_uid(loop)),
             Goal(f"{loop}: flood", f"on {loop}, default log level, wrk at full speed: at most {FLOOD_LINES} log "
-                 "lines (lines)", FLOOD_LINES, False, _flood(loop)),
+                 "lines", FLOOD_LINES, False, _flood(loop)),
         ]
     return [*per_loop,
-            Goal("healthcheck", "`metadata-proxy healthcheck` imports neither boto3 nor aiohttp (modules imported)",
+            Goal("healthcheck", "`metadata-proxy healthcheck` imports neither boto3 nor aiohttp (how many of them)",
                  0, False, _healthcheck),
             Goal("fetches", "full IMDSv2 fetches per second (token PUT + role GET + credentials GET), "
                  "8 connections, the product alone", 3000, True, _fetches),
-            Goal("cold clients", "AssumeRole calls for a crowd of concurrent cold clients (calls)", 1, False,
+            Goal("cold clients", "AssumeRole calls for a crowd of concurrent cold clients", 1, False,
                  _single(("cold_clients", "assume_role_calls"), ("clients", "succeeded"))),
-            Goal("per hour", "AssumeRole calls per hour with one-hour sessions (calls)", 3, False,
+            Goal("per hour", "AssumeRole calls per hour with one-hour sessions", 3, False,
                  _single(("simulated_hours", "per_hour"), ("simulated_hours", "busiest_hour"))),
-            Goal("memory", "resident memory growth between the last two checkpoints < 5 MB (MB)", 5.0, False,
+            Goal("memory", "resident memory growth between the last two checkpoints, MB", 5.0, False,
                  _rss_growth)]
 
 

@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def provenance() -> dict:
-    changed = _git("status", "--porcelain", "--untracked-files=no").splitlines()
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed),
+def provenance(out: Path) -> dict:
+    """`out`, where results are being written, does not count as a change to the code measured."""
+    exclude = [f":(exclude){out.resolve().relative_to(ROOT)}"] if out.resolve().is_relative_to(ROOT) else []
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *exclude).splitlines()
+    return {"commit": _git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
             "changed_files": [line[3:] for line in changed],
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 from . import report_text
@@ -33,20 +34,27 @@ def ratio(s: dict) -> str:
     return f"{num(s['ratio'], '.2f')}x [{num(s['ratio_min'], '.2f')}-{num(s['ratio_max'], '.2f')}]"
 
 
-def table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+def table(header: list[str], rows: list[list[str]], right_from: int = 1, left: tuple[int, ...] = ()) -> list[str]:
+    """A Markdown table; columns from `right_from` on are right-aligned (figures), but those in `left`."""
+    align = ["---" if i < right_from or i in left else "---:" for i in range(len(header))]
     return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
             *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def figure(value: float | None) -> str:
+    """A measured figure as the targets state theirs: whole numbers without decimals."""
+    return num(value, ",.0f" if value is not None and float(value).is_integer() else ",.2f")
 
 
 def verdict_section(results: dict) -> list[str]:
     rows = []
     for v in results["verdicts"]:
         state = {True: "met", False: "**not met**", None: "not measured"}[v["met"]]
-        conditions = ", ".join(f"{k} {val}" for k, val in v["conditions"].items())
-        rows.append([v["target"], num(v["measured"], ",.2f") if v["measured"] is not None else "n/a",
-                     f"{v['comparison']} {num(v['limit'], ',.2f')}", state, conditions])
-    return ["## Targets", "", *table(["target", "measured", "limit", "verdict", "conditions"], rows, 1)]
+        conditions = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, val)) if isinstance(val, list) else val}"
+                               for k, val in v["conditions"].items())
+        rows.append([v["target"], figure(v["measured"]), f"{v['comparison']} {figure(v['limit'])}", state,
+                     conditions])
+    return ["## Targets", "", *table(["target", "measured", "limit", "verdict", "conditions"], rows, 1, (3, 4))]
 
 
 def throughput_section(results: dict) -> list[str]:
@@ -137,6 +145,7 @@ def results_markdown(results: dict) -> str:
 
 
 def readme_summary(results: dict) -> str:
+    """The README's performance paragraph, every figure from the results."""
     headline = throughput_summary(results["throughput"])
     parts = []
     for loop in results["settings"]["loops"]:
@@ -146,12 +155,16 @@ def readme_summary(results: dict) -> str:
                          f"{num(s['product_p99_ms'], '.1f')} ms)")
     fetches = median([r["fetches_per_s"] for r in results["fetches"]])
     cold, (before, after) = results["cold_clients"], results["memory"][-2:]
-    return (f"Performance (measured by `python -m bench`, see [docs/performance.md](docs/performance.md)): with "
+    text = (f"Performance (measured by `python -m bench`, see [docs/performance.md](docs/performance.md)): with "
             f"its default flags, at {HEADLINE_CONNECTIONS} connections side by side, the cached-credentials path "
             f"answers at {' and '.join(parts)}; {num(fetches)} full IMDSv2 fetches a second; "
             f"{cold['assume_role_calls']} AssumeRole call(s) for {num(cold['clients'])} cold clients; "
             f"{num(after['rss_mb'] - before['rss_mb'], '.1f')} MB of memory growth between "
-            f"{num(before['requests'])} and {num(after['requests'])} requests.\n")
+            f"{num(before['requests'])} and {num(after['requests'])} requests.")
+    if results.get("loop_against_loop"):
+        text += (f" On uvloop (the `fast` extra, used when installed) it serves "
+                 f"{num(ratios(results['loop_against_loop'])['ratio'], '.2f')}x what it serves on asyncio.")
+    return textwrap.fill(text, 110, break_on_hyphens=False) + "\n"
 
 
 def main() -> int:

@@ -58,7 +58,6 @@ connection resets and a hang past the STS timeout, then outages.
 
 {provenance} {daemon_hours} daemon hours in {real_seconds} s of real time, {refreshes:.0f} successful
 refreshes, {calls} AssumeRole calls in all.
-
 """
 
 
@@ -91,5 +90,6 @@ def performance_md(results: dict, soak: dict, body: str) -> str:
                          seconds=s["seconds"], idle=s["idle_connections"], flood=s["flood_seconds"])
     plots = ["![throughput ratio and p99 latency by connections](perf/throughput.png)", "",
              "![resident memory over requests](perf/memory.png)", ""]
+    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
     return "\n".join([intro + "## Results (`python -m bench`)", "", body, *plots,
                       *soak_section(soak, describe(soak["provenance"]))])

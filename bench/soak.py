@@ -265,7 +265,8 @@ class Soak:
         return results
 
 
-async def soak(smoke: bool) -> dict:
+async def soak(smoke: bool, out: Path) -> dict:
+    measured = provenance(out)
     run = Soak(smoke)
     moto.sts.models.utcnow = lambda: datetime.datetime.fromtimestamp(run.clock.now, datetime.UTC).replace(tzinfo=None)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -299,7 +300,7 @@ async def soak(smoke: bool) -> dict:
         await serving
         proxy.stop()
         server.stop()
-    results.update(provenance=provenance(), smoke=smoke, warp=run.warp,
+    results.update(provenance=measured, smoke=smoke, warp=run.warp,
                    real_seconds=round(time.monotonic() - started, 1),
                    daemon_hours=round((run.clock.now - run.start) / 3600, 2),
                    refreshes=daemon.metrics.registry.get_sample_value(
@@ -339,7 +340,7 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     out = args.out or Path("bench-results", time.strftime("soak-%Y%m%dT%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    results = asyncio.run(soak(args.smoke))
+    results = asyncio.run(soak(args.smoke, out))
     (out / "soak.json").write_text(json.dumps(results, indent=2))
     for expectation, held in results["passed"].items():
         print(f"{'ok  ' if held else 'FAIL'} {expectation}")
