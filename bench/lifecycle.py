@@ -37,8 +37,7 @@ def startup(world: World, proxy: FaultProxy, loop: str, repeats: int) -> list[di
         for _ in range(repeats):
             notify = NotifySocket(world.home)
             args = servers.product_args(world, free_port(), loop)
-            run = world.record(server="metadata-proxy", event_loop=loop, log_level=servers.log_level(args),
-                               log_level_is_default=True, flags=args[1:])
+            run = servers.record_product(world, "metadata-proxy", loop, args)
             started = time.perf_counter()
             process = DaemonProcess(args, {**daemon_env(world.home, **world.source.environ()),
                                            "NOTIFY_SOCKET": notify.path})

@@ -73,8 +73,11 @@ def product_args(world: World, port: int, loop: str, *extra: str) -> list[str]:
             "--sts-endpoint-url", world.sts_url, "--event-loop", loop, *extra]
 
 
-def log_level(args: list[str]) -> str:
-    return args[args.index("--log-level") + 1] if "--log-level" in args else DEFAULT_LOG_LEVEL
+def record_product(world: World, name: str, loop: str, args: list[str]) -> dict:
+    """A product run in World.runs: its event loop, its log level (and whether that is the default), its flags."""
+    given = "--log-level" in args
+    return world.record(server=name, event_loop=loop, log_level=args[args.index("--log-level") + 1] if given
+                        else DEFAULT_LOG_LEVEL, log_level_is_default=not given, flags=args[1:])
 
 
 def _wait_ready(process: subprocess.Popen) -> str | None:
@@ -94,8 +97,7 @@ def _wait_ready(process: subprocess.Popen) -> str | None:
 def product(world: World, loop: str, *extra: str, name: str = "metadata-proxy") -> Iterator[Target]:
     """metadata-proxy serve, pinned to the server CPU; with a valid IMDSv2 token for wrk to send."""
     args = product_args(world, free_port(), loop, *extra)
-    run = world.record(server=name, event_loop=loop, log_level=log_level(args),
-                       log_level_is_default="--log-level" not in args, flags=args[1:])
+    run = record_product(world, name, loop, args)
     log = world.home / f"product-{run['id']}.log"
     run["log"] = log.name
     with log.open("w") as stderr:

@@ -1,6 +1,6 @@
 """What the benchmarks run on: the load generator (wrk), CPU pinning, and reading a process's memory.
 
-Method (the issue's): these machines' CPU speed swings within seconds, so runs made one after another are
+Method: these machines' CPU speed swings within seconds, so runs made one after another are
 not comparable. The product and a baseline run at the same time, both pinned to CPU 0, each loaded by its
 own wrk pinned to CPU 1, for the same window; their ratio is what is reported, repeated and summarised by
 median and spread. Nothing here talks to anything but 127.0.0.1.
