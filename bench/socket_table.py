@@ -23,13 +23,17 @@ SPARE_DESCRIPTORS = 512  # for everything else a process holds (wrk pipes, moto,
 
 
 def raise_descriptor_limit(needed: int) -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit; one clear error if even that is too low."""
+    """Soft RLIMIT_NOFILE raised to what is needed (the hard limit too, which only root may); one clear error
+    if that is refused."""
+    want = needed + SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed + SPARE_DESCRIPTORS:
-        raise SystemExit(f"bench: {needed} idle connections need {needed + SPARE_DESCRIPTORS} file descriptors, "
-                         f"the hard limit is {hard} (ulimit -Hn)")
-    if soft != resource.RLIM_INFINITY and soft < needed + SPARE_DESCRIPTORS:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard if hard == resource.RLIM_INFINITY else max(hard, want)))
+    except (ValueError, OSError):
+        raise SystemExit(f"bench: {needed} idle connections need {want} file descriptors, the hard limit is "
+                         f"{hard} (ulimit -Hn)") from None
 
 
 @contextlib.contextmanager
