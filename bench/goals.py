@@ -85,6 +85,11 @@ def _fetches(results: dict) -> tuple[float, dict] | None:
     return None if value is None else (value, {"windows": len(rows), "loops": sorted({r["loop"] for r in rows})})
 
 
+def _cold_served(results: dict) -> tuple[float, dict] | None:
+    cold = results.get("cold_clients")
+    return None if cold is None else (cold["succeeded"] / cold["clients"], {"clients": cold["clients"]})
+
+
 def _rss_growth(results: dict) -> tuple[float, dict] | None:
     memory = results.get("memory", [])
     if len(memory) < 2:
@@ -117,6 +122,7 @@ def goals() -> list[Goal]:
                  "8 connections, the product alone", 3000, True, _fetches),
             Goal("cold clients", "AssumeRole calls for a crowd of concurrent cold clients", 1, False,
                  _single(("cold_clients", "assume_role_calls"), ("clients", "succeeded"))),
+            Goal("cold clients served", "share of that crowd that got credentials", 1.0, True, _cold_served),
             Goal("per hour", "AssumeRole calls per hour with one-hour sessions", 3, False,
                  _single(("simulated_hours", "per_hour"), ("simulated_hours", "busiest_hour"))),
             Goal("memory", "resident memory growth between the last two checkpoints, MB", 5.0, False,

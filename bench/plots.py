@@ -1,5 +1,6 @@
-"""PNG plots of a results file: throughput ratio and p99 by connections (one panel pair per event loop), and
-resident memory over requests served."""
+"""PNG plots of a results file: throughput ratio and p99 by connections against the aiohttp baselines (one
+panel pair per event loop; nginx and moto, measured at one connection count, are in the tables), and resident
+memory over requests served."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def draw(results: dict, out: Path) -> None:
     loops = sorted({loop for loop, _, _ in summary})
     figure, axes = plt.subplots(len(loops), 2, figsize=(11, 4 * len(loops)), squeeze=False)
     for (ratio_axis, latency_axis), loop in zip(axes, loops, strict=True):
-        baselines = sorted({b for lp, b, _ in summary if lp == loop})
+        baselines = sorted({b for lp, b, _ in summary if lp == loop and b.startswith("aiohttp")})
         for baseline in baselines:
             points = sorted((c, s) for (lp, b, c), s in summary.items() if lp == loop and b == baseline)
             xs = [c for c, _ in points]

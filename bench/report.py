@@ -1,7 +1,8 @@
 """Markdown from results files: results.md next to a run's results.json, and, as a command, the generated
 docs/performance.md and the performance paragraph of the README.
 
-    python -m bench.report          # docs/perf/results.json + docs/perf/soak.json -> docs/performance.md, README
+    python -m bench.report          # docs/perf/results.json + docs/perf/soak.json -> docs/performance.md, README,
+                                    # and the plots next to results.json
 
 Every figure written here is read from a results file; the prose around them holds none of its own.
 """
@@ -15,7 +16,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from . import report_text
+from . import plots, report_text
 from .load import HEADLINE_CONNECTIONS
 from .provenance import describe
 from .summary import by_loop, median, ratios, throughput_summary
@@ -46,11 +47,15 @@ def figure(value: float | None) -> str:
     return num(value, ",.0f" if value is not None and float(value).is_integer() else ",.2f")
 
 
+def listed(values: list) -> str:
+    return ", ".join(map(str, values)) or "none"
+
+
 def verdict_section(results: dict) -> list[str]:
     rows = []
     for v in results["verdicts"]:
         state = {True: "met", False: "**not met**", None: "not measured"}[v["met"]]
-        conditions = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, val)) if isinstance(val, list) else val}"
+        conditions = "; ".join(f"{k.replace('_', ' ')}: {listed(val) if isinstance(val, list) else val}"
                                for k, val in v["conditions"].items())
         rows.append([v["target"], figure(v["measured"]), f"{v['comparison']} {figure(v['limit'])}", state,
                      conditions])
@@ -158,7 +163,8 @@ def readme_summary(results: dict) -> str:
     text = (f"Performance (measured by `python -m bench`, see [docs/performance.md](docs/performance.md)): with "
             f"its default flags, at {HEADLINE_CONNECTIONS} connections side by side, the cached-credentials path "
             f"answers at {' and '.join(parts)}; {num(fetches)} full IMDSv2 fetches a second; "
-            f"{cold['assume_role_calls']} AssumeRole call(s) for {num(cold['clients'])} cold clients; "
+            f"{cold['assume_role_calls']} AssumeRole call(s) for {num(cold['clients'])} concurrent cold clients "
+            f"({num(cold['succeeded'])} of them served); "
             f"{num(after['rss_mb'] - before['rss_mb'], '.1f')} MB of memory growth between "
             f"{num(before['requests'])} and {num(after['requests'])} requests.")
     if results.get("loop_against_loop"):
@@ -174,11 +180,13 @@ def main() -> int:
     parser.add_argument("--soak", type=Path, default=ROOT / "docs/perf/soak.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs/performance.md")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--plots", type=Path, default=None, help="where to draw the plots (default: by --results)")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     soak = json.loads(args.soak.read_text())
     body = [describe(results["provenance"]), "", *sections(results)]
     args.docs.write_text(report_text.performance_md(results, soak, "\n".join(body)))
+    plots.draw(results, args.plots or args.results.parent)
     readme = args.readme.read_text()
     if not README_BLOCK.search(readme):
         raise SystemExit(f"bench.report: {args.readme} has no <!-- bench-summary --> block")

@@ -91,5 +91,5 @@ def performance_md(results: dict, soak: dict, body: str) -> str:
     plots = ["![throughput ratio and p99 latency by connections](perf/throughput.png)", "",
              "![resident memory over requests](perf/memory.png)", ""]
     body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
-    return "\n".join([intro + "## Results (`python -m bench`)", "", body, *plots,
+    return "\n".join([intro + "## Results (`python -m bench`)", "", body, "", *plots,
                       *soak_section(soak, describe(soak["provenance"]))])
