@@ -13,6 +13,7 @@ table. Without `[[role]]` tables the flags, variables and top-level keys describ
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import socket
@@ -89,7 +90,7 @@ class ServeConfig:
     audit_interval: int = 60
     config_path: str | None = None
 
-    @property
+    @functools.cached_property  # read for every request: computed once per configuration
     def allowed_uids(self) -> frozenset[int] | None:
         """None when every local user may connect (the default, as on EC2)."""
         uids = frozenset(self.allow_uid) | frozenset(self.allow_user)

@@ -213,13 +213,16 @@ class Daemon:
     def install_routes(self, listener: Listener) -> None:
         assert self.refresher is not None and listener.spec is not None
         role = listener.role
-        listener.owners = frozenset(role.users).union(*map(group_members, role.groups)) if role.mapped else None
+        # The allow-list, narrowed to the users the role is mapped to: such a role is theirs on its own port too.
+        owners = frozenset(role.users).union(*map(group_members, role.groups)) if role.mapped else None
+        allowed = self.config.allowed_uids
+        listener.allowed = allowed if owners is None else owners if allowed is None else allowed & owners
         listener.routes = role_routes(self._shared, self.config, listener.role, listener.spec,
                                       self.refresher.states[listener.spec], listener.token)
 
     async def serve(self, listener: Listener) -> None:
         self.install_routes(listener)
-        await listener.start(HostCheck(self.config.host), self.metrics, lambda: self.allowed_on(listener),
+        await listener.start(HostCheck(self.config.host), self.metrics, lambda: listener.allowed,
                              self.config.hop_limit, lambda: self.config.audit_interval)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
@@ -229,13 +232,6 @@ class Daemon:
                  "optional" if self.config.allow_imdsv1 else "required")
         for name, value in listener.exports[1:]:
             log.info("container credentials for %s: %s=%s", listener.role.name, name, value)
-
-    def allowed_on(self, listener: Listener) -> frozenset[int] | None:
-        """Who may use a role's own listener: the allow-list, narrowed to the users the role is mapped to."""
-        allowed = self.config.allowed_uids
-        if listener.owners is None:
-            return allowed
-        return listener.owners if allowed is None else allowed & listener.owners
 
     # --- status ---
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
-from metadata_proxy.imds import LABEL, SERVED_ROLE, normalize_path, text_response
+from metadata_proxy.imds import LABEL, normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 
 log = logging.getLogger("metadata_proxy")
@@ -27,6 +27,9 @@ AUDITED = {"credentials": IMDS_CREDENTIALS, "credentials-extended": IMDS_CREDENT
            "container": CONTAINER_CREDENTIALS, "token": TOKEN}
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# What a listener's routes are: a handler, or a function that answers at once when it can (a response) and
+# returns an awaitable only when it must wait (the hot path then costs no coroutine of its own).
+Routes = Callable[[web.BaseRequest], web.StreamResponse | Awaitable[web.StreamResponse]]
 
 
 class HostCheck:
@@ -88,10 +91,11 @@ def printable(path: str, limit: int = 200) -> str:
     return cleaned + ("..." if len(path) > limit else "")
 
 
-def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metrics,
+def guarded(routes: Callable[[], Routes], host_check: HostCheck, metrics: Metrics,
             peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
             allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
-            audit: AuditTrail | None = None, role: Callable[[], str | None] = lambda: None,
+            audit: AuditTrail | None = None,
+            role: Callable[[web.BaseRequest], str | None] = lambda request: None,
             now: Callable[[], float] = time.perf_counter) -> Handler:
     """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, the audit trail, a
     DEBUG line per request and a last-resort error handler. routes(), allowed_uids() and role() are read per
@@ -101,18 +105,22 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
     IMDSv2 token can reach the log, and the credential documents are never logged either.
     """
 
+    observe = metrics.requests.observe
+
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = now()
+        uid = peer_uid(request)
         response: web.StreamResponse
         if not host_check.allows(request.headers.get("Host")):
             request[LABEL] = ("unknown", "host")
             response = text_response(403, "Forbidden: Host not allowed")
-        elif (allowed := allowed_uids()) is not None and peer_uid(request) not in allowed:
+        elif (allowed := allowed_uids()) is not None and uid not in allowed:
             request[LABEL] = ("unknown", "uid")
             response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
         else:
             try:
-                response = await routes()(request)
+                answer = routes()(request)
+                response = answer if isinstance(answer, web.StreamResponse) else await answer
             except Exception:
                 log.exception("internal error on %s %s", request.method, printable(request.raw_path))
                 response = text_response(500, "Internal Server Error")
@@ -121,12 +129,13 @@ def guarded(routes: Callable[[], Handler], host_check: HostCheck, metrics: Metri
             route, reason = request[LABEL]
         except KeyError:  # a path no route claimed
             route, reason = "unknown", ""
-        metrics.observe_request(route, response.status, elapsed)
+        status = response.status
+        observe(route, status, elapsed)
         if reason:
             metrics.refused.labels(reason).inc()
-        if (audit is not None and (reason or (response.status == 200 and route in AUDITED))
-                and (audited_role := request.get(SERVED_ROLE) or role()) is not None):
-            audit.record(peer_uid(request), audited_role, REFUSED if reason else AUDITED[route])
+        if (audit is not None and (reason or (status == 200 and route in AUDITED))
+                and (audited_role := role(request)) is not None):
+            audit.record(uid, audited_role, REFUSED if reason else AUDITED[route])
         if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,

@@ -143,9 +143,14 @@ class ImdsProtocol:
         self._metrics = metrics
         self._require_token = require_token
         self._fallback = fallback
-        self._routes: dict[str, tuple[str, Callable[[], bytes]]] = {}
+        self._routes: dict[str, tuple[tuple[str, str], Callable[[], bytes]]] = {}  # path -> (LABEL value, body)
 
-    async def __call__(self, request: web.BaseRequest) -> web.Response:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        answer = self.answer(request)
+        return answer if isinstance(answer, web.StreamResponse) else await answer
+
+    def answer(self, request: web.BaseRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
+        """The response, at once; only a path for the fallback returns an awaitable (gate.Routes)."""
         path = normalize_path(request.raw_path)
         method = request.method
         if method == "PUT":
@@ -163,9 +168,9 @@ class ImdsProtocol:
             return refuse(request, "token", 401, "Unauthorized")
         route = self._routes.get(path)
         if route is None:
-            return await self._fallback(request, path)
-        request[LABEL] = (route[0], "")
-        render = route[1]
+            return self._fallback(request, path)
+        label, render = route
+        request[LABEL] = label
         return web.Response(body=render(), headers=TEXT_HEADERS)
 
     def _put(self, request: web.BaseRequest, path: str) -> web.Response:
@@ -225,10 +230,10 @@ class ImdsRoutes(ImdsProtocol):
                 "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
             }
         self._routes = {
-            path: ("role-list" if path.startswith(creds_prefix) else "metadata", lambda body=body: body)
+            path: (("role-list" if path.startswith(creds_prefix) else "metadata", ""), lambda body=body: body)
             for path, body in static.items()}
-        self._routes[f"{creds_prefix}/{name}"] = ("credentials", lambda: self._credentials(extended=False))
-        self._routes[f"{creds_prefix}-extended/{name}"] = ("credentials-extended",
+        self._routes[f"{creds_prefix}/{name}"] = (("credentials", ""), lambda: self._credentials(extended=False))
+        self._routes[f"{creds_prefix}-extended/{name}"] = (("credentials-extended", ""),
                                                            lambda: self._credentials(extended=True))
 
     def _credentials(self, *, extended: bool) -> bytes:

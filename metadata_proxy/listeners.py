@@ -23,7 +23,8 @@ from metadata_proxy.audit import DEFAULT_INTERVAL, REFUSED, AuditTrail
 from metadata_proxy.config import RoleConfig
 from metadata_proxy.connections import ACCEPT_BATCH, MAX_CONNECTIONS, ConnectionTable, descriptor_budget
 from metadata_proxy.errors import StartupError
-from metadata_proxy.gate import Handler, HostCheck, guarded
+from metadata_proxy.gate import Handler, HostCheck, Routes, guarded
+from metadata_proxy.imds import SERVED_ROLE
 from metadata_proxy.logs import Throttle, ThrottleFilter
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
@@ -159,21 +160,24 @@ class TrackedServer(web.Server):
         return self._uids.get(request.protocol)
 
 
+async def not_yet(request: web.BaseRequest) -> web.StreamResponse:
+    raise AssertionError("the gate is in place before the endpoint serves")
+
+
 class Endpoint:
     """A bound socket that serves whatever `routes` is at the moment a request arrives."""
 
     def __init__(self, sock: socket.socket, url: str) -> None:
         self.sock = sock
         self.url = url
-        self.routes: Handler | None = None
+        self.routes: Routes | None = None
         self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
         self._audit_timer: asyncio.Task[None] | None = None
         self._server: TrackedServer | None = None
 
-    def _routes(self) -> Handler:
-        assert self.routes is not None, "routes are set before the endpoint starts"
-        return self.routes
+    def _routes(self) -> Routes:
+        return self.routes  # type: ignore[return-value]  # set before the endpoint starts
 
     @property
     def port(self) -> int:
@@ -181,8 +185,12 @@ class Endpoint:
 
     @property
     def audit_role(self) -> str | None:
-        """The role its audit records name; None: nothing here is audited (the admin listener)."""
+        """The role its audit records of refused connections name; None: the role depends on the request."""
         return None
+
+    def served_role(self, request: web.BaseRequest) -> str | None:
+        """The role a request was served (its audit record's); None: nothing here is audited (admin)."""
+        return request.get(SERVED_ROLE)
 
     async def start(self, host_check: HostCheck, metrics: Metrics,
                     allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
@@ -199,10 +207,11 @@ class Endpoint:
             if (role := self.audit_role) is not None:
                 self.audit.record(uid, role, REFUSED)
 
-        server = self._server = TrackedServer(lambda request: gate(request), shared_connections(), allowed_uids,
-                                              refused, access_log=None, logger=protocol_log, **HTTP_LIMITS)
-        gate = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids, self.audit,
-                       lambda: self.audit_role)
+        server = self._server = TrackedServer(not_yet, shared_connections(), allowed_uids, refused,
+                                              access_log=None, logger=protocol_log, **HTTP_LIMITS)
+        # The gate needs the server's peer_uid, so it is made second and handed over before anything is served.
+        server.request_handler = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids,
+                                         self.audit, self.served_role)
         self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
@@ -235,11 +244,14 @@ class Listener(Endpoint):
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
-        self.owners: frozenset[int] | None = None  # a role mapped to users is theirs alone, on its own port too
+        self.allowed: frozenset[int] | None = None  # who may connect (None: everyone), set with the routes
 
     @property
     def audit_role(self) -> str | None:
         return self.role.role_arn
+
+    def served_role(self, request: web.BaseRequest) -> str | None:
+        return self.role.role_arn  # one role per listener: nothing to look up
 
     @property
     def exports(self) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,7 +18,7 @@ from aiohttp import web
 from metadata_proxy.addresses import container_path
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.container import ContainerRoutes
-from metadata_proxy.gate import Handler
+from metadata_proxy.gate import Handler, Routes
 from metadata_proxy.imds import (
     SERVED_ROLE,
     Fallback,
@@ -64,21 +64,19 @@ def imds_routes(shared: Shared, config: ServeConfig, spec: RoleSpec, state: Role
 
 
 def role_routes(shared: Shared, config: ServeConfig, role: RoleConfig, spec: RoleSpec, state: RoleState,
-                container_token: str | None) -> Handler:
-    routes: Handler = imds_routes(shared, config, spec, state)
-    if container_token is not None:
-        container = ContainerRoutes(spec, state, shared.store, container_token, shared.now)
-        routes = with_container_route(container_path(role.name), container, routes)
-    return routes
+                container_token: str | None) -> Routes:
+    imds = imds_routes(shared, config, spec, state).answer
+    if container_token is None:
+        return imds
+    container = ContainerRoutes(spec, state, shared.store, container_token, shared.now)
+    return with_container_route(container_path(role.name), container, imds)
 
 
-def with_container_route(path: str, container: Handler, imds: Handler) -> Handler:
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if normalize_path(request.raw_path) == path:
-            return await container(request)
-        return await imds(request)
+def with_container_route(path: str, container: Handler, imds: Routes) -> Routes:
+    def answer(request: web.BaseRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
+        return container(request) if normalize_path(request.raw_path) == path else imds(request)
 
-    return handle
+    return answer
 
 
 class ByUser:

@@ -51,7 +51,8 @@ ROUTES = with_container_route(container_path("role-01"),
                               ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN, CLOCK.time),
                               ImdsRoutes(SPEC, STATE, CACHE, TOKENS, IDENTITY, METRICS, require_token=True,
                                          now=CLOCK.time))
-GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS, audit=AuditTrail(), role=lambda: SPEC.role_arn)
+GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS, audit=AuditTrail(),
+               role=lambda request: SPEC.role_arn)
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"]
 HEADERS = ["Host", "X-aws-ec2-metadata-token", "X-aws-ec2-metadata-token-ttl-seconds", "X-Forwarded-For",
            "Authorization", "Accept"]
