@@ -49,14 +49,16 @@ class AuditTrail:
         moment = self._now()
         key = (uid, role, route)
         tally = self._pending.get(key)
-        if tally is None:
-            self._pending[key] = tally = Tally(0, moment, moment)
-        tally.count += 1
-        tally.last = moment
+        if tally is not None:  # the common case, on the request path: count it
+            tally.count += 1
+            tally.last = moment
+            return
+        tally = Tally(1, moment, moment)
         if route in HANDOUTS and (uid, role) not in self._handed_out and len(self._handed_out) < MAX_FIRSTS:
-            self._handed_out.add((uid, role))
-            del self._pending[key]
+            self._handed_out.add((uid, role))  # the first credentials this uid got for this role: said at once
             _write(key, tally)
+        else:
+            self._pending[key] = tally
 
     def flush(self) -> None:
         """Writes every pending record (the timer calls this each interval, and the listener when it closes)."""
