@@ -120,7 +120,9 @@ def guarded(routes: Callable[[], Routes], host_check: HostCheck, metrics: Metric
         else:
             try:
                 answer = routes()(request)
-                response = answer if isinstance(answer, web.StreamResponse) else await answer
+                # (the exact-class test first: it is the common answer, and cheaper than isinstance)
+                response = answer if type(answer) is web.Response or isinstance(answer, web.StreamResponse) \
+                    else await answer
             except Exception:
                 log.exception("internal error on %s %s", request.method, printable(request.raw_path))
                 response = text_response(500, "Internal Server Error")
