@@ -2,10 +2,11 @@
 
 Every listener's connections count against one table, because the limit they protect (the process's file
 descriptors) is one. A connection is entered with its peer's uid when it is accepted, so one local user
-cannot take every slot and leave the others nothing:
+cannot take every slot and leave the others nothing. Below the cap, every connection is accepted (a host
+whose clients all run as one user may use all of it). At the cap:
 - a uid at its share makes room among its own connections (its oldest idle one is closed), or is refused;
-- at the cap, the uid holding the most connections gives up its oldest idle one, so a newcomer gets in as
-  long as anyone holds an idle connection (a slowloris client still sending its headers counts as idle).
+- a uid below its share makes the uid holding the most connections give up its oldest idle one, so it gets in
+  as long as anyone holds an idle connection (a slowloris client still sending its headers counts as idle).
 The newest connection is refused only when every connection that could make room is busy with a request.
 """
 
@@ -61,15 +62,14 @@ class ConnectionTable:
               idle: Callable[[Hashable], bool]) -> tuple[bool, Hashable | None]:
         """Whether `connection` may stay, and which open connection (already removed here) to close for it."""
         victim = None
-        if self.held_by(uid) >= self.share:
-            victim = _oldest_idle(self._by_uid[uid], idle)
-            if victim is None:
-                return False, None
-        elif len(self) >= self.cap:
-            for held in sorted(self._by_uid.values(), key=len, reverse=True):
-                if (victim := _oldest_idle(held, idle)) is not None:
-                    break
+        if len(self) >= self.cap:  # below the cap anyone gets in: a host whose clients are all one user uses it all
+            if self.held_by(uid) >= self.share:
+                victim = _oldest_idle(self._by_uid[uid], idle)
             else:
+                for held in sorted(self._by_uid.values(), key=len, reverse=True):
+                    if (victim := _oldest_idle(held, idle)) is not None:
+                        break
+            if victim is None:
                 return False, None
         if victim is not None:
             self.remove(victim)

@@ -79,17 +79,27 @@ async def fetch(port: int, source: str = "127.0.0.1") -> bytes:
 
 # --- the table on its own ---
 
-def test_a_uid_at_its_share_makes_room_among_its_own_connections() -> None:
-    table = ConnectionTable(cap=10, share=3)
+def test_a_uid_at_its_share_makes_room_among_its_own_connections_at_the_cap() -> None:
+    table = ConnectionTable(cap=4, share=3)
     busy: set[str] = set()
     for name in ("a1", "a2", "a3"):
         assert table.admit(name, 2000, lambda c: c not in busy) == (True, None)
+    assert table.admit("b1", 1001, lambda c: c not in busy) == (True, None)  # 4 of 4
     busy.add("a1")
     assert table.admit("a4", 2000, lambda c: c not in busy) == (True, "a2")  # the oldest idle one, not a busy one
     assert table.held_by(2000) == 3
     busy.update({"a3", "a4"})
     assert table.admit("a5", 2000, lambda c: c not in busy) == (False, None)  # all of its own are busy
-    assert table.admit("b1", 1001, lambda c: c not in busy) == (True, None)  # another uid is not affected
+    assert table.held_by(1001) == 1  # another uid's connection was not taken for it
+
+
+def test_below_the_cap_one_user_may_use_it_all() -> None:
+    """A host whose clients all run as one user (a service's worker pool, a burst of cold starts) gets the whole
+    table while nobody else needs it; the share counts only once the table is full."""
+    table = ConnectionTable(cap=10, share=3)
+    for name in range(10):
+        assert table.admit(name, 2000, lambda c: False) == (True, None)
+    assert table.held_by(2000) == 10
 
 
 def test_at_the_cap_the_heaviest_user_gives_way() -> None:
@@ -107,10 +117,12 @@ def test_at_the_cap_the_heaviest_user_gives_way() -> None:
 
 def test_the_default_share_is_half_the_cap() -> None:
     table = ConnectionTable(cap=1024)
-    for number in range(512):
-        assert table.admit(number, 2000, lambda c: False) == (True, None)
-    assert table.admit(512, 2000, lambda c: False) == (False, None)  # the 513th of one uid, all busy
-    assert table.admit("other", 1001, lambda c: False) == (True, None)
+    assert table.share == 512
+    for number in range(1024):
+        assert table.admit(number, 2000, lambda c: True) == (True, None)  # alone, one user may use all of it
+    assert table.admit(1024, 2000, lambda c: True) == (True, 0)  # at the cap, over its share: its own oldest goes
+    assert table.admit("other", 1001, lambda c: True) == (True, 1)  # another user: the heaviest gives way
+    assert table.admit("late", 2000, lambda c: False) == (False, None)  # nothing idle to make room with
 
 
 # --- the server: decided at accept ---
@@ -141,11 +153,22 @@ async def test_one_user_holding_every_slot_does_not_lock_out_another(serve, capl
         writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     for attempt in range(5):
         assert (await fetch(port, "127.0.0.1")).startswith(b"HTTP/1.1 200"), attempt
-    assert table.held_by(2000) <= 10  # its share, half the cap
+    assert len(table) <= 20  # never over the cap
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "connection limit reached (20 in all, 10 per user)" in warnings[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]
     for _, writer in held:
+        writer.close()
+
+
+async def test_a_burst_of_one_users_cold_clients_is_served_whole(serve) -> None:
+    """30 clients of one user open their connections at once, then ask (cap 40, share 20): every one is
+    answered. (With the share enforced below the cap, the 21st connection closed the first.)"""
+    port = await serve(ConnectionTable(cap=40))
+    clients = [await connect(port, "127.0.0.3") for _ in range(30)]
+    answers = await asyncio.gather(*(ask(reader, writer) for reader, writer in clients))
+    assert [answer[:15] for answer in answers] == [b"HTTP/1.1 200 OK"] * 30
+    for _, writer in clients:
         writer.close()
 
 
