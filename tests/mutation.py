@@ -1,0 +1,125 @@
+"""Mutation testing of the security-critical modules: `python -m tests.mutation [MODULE ...]` (needs the `dev` extra).
+
+mutmut changes one thing at a time in a module (a `<` into `<=`, a constant, a string, a dropped call) and runs
+that module's fast tests against each change; a change that no test notices (a surviving mutant) is either a
+gap in the tests or a change with no behaviour a user could observe (an equivalent mutant, listed below with
+its reason). Each module runs on its own, in a fresh `mutants/` work directory, with only the test files of
+MODULES; within those, mutmut runs for each mutant only the tests that call the mutated function. The result
+per module and every survivor's diff are printed at the end; docs/testing.md holds the last run's figures.
+
+This is slow (minutes per module on two cores), so CI does not run it: run it after changing one of these
+modules or its tests, and update docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "mutants"
+
+# module -> its fast tests (unit tests and in-process daemons; a daemon in a child process runs unmutated code)
+MODULES: dict[str, tuple[str, ...]] = {
+    "tokens": ("tests/test_tokens.py",),
+    "container": ("tests/test_container.py",),
+    "tokenfile": ("tests/test_tokenfile.py",),
+    "gate": ("tests/test_imds.py", "tests/test_connections.py", "tests/test_audit.py"),
+    "connections": ("tests/test_connections.py",),
+    "refresher": ("tests/test_refresher.py",),
+    "store": ("tests/test_refresher.py",),
+}
+# Every test of a mutation run gets this deadline (instead of the suite's 180 s): a mutant that stops the
+# refresher or hangs a request fails its test quickly rather than holding a worker.
+TEST_TIMEOUT = "30"
+
+# Mutants that change no behaviour a user could observe, by name, with the text of the mutated line (so that a
+# renumbering after an edit of the module shows up as a survivor rather than being excused by a stale entry).
+EQUIVALENT: dict[str, tuple[str, str]] = {}
+
+# mutmut's exit codes per mutant, grouped as the report counts them
+KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test or a timeout: the change was noticed
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def run_one(module: str, jobs: int) -> int:
+    """Runs mutmut over one module in this process (mutmut keeps global state: one module per process)."""
+    from mutmut import configuration
+    from mutmut.__main__ import cli
+
+    config = configuration.config()
+    config.only_mutate = [f"metadata_proxy/{module}.py"]
+    config.pytest_add_cli_args_test_selection = list(MODULES[module])
+    config.pytest_add_cli_args = [*config.pytest_add_cli_args, f"--timeout={TEST_TIMEOUT}"]
+    try:
+        cli.main(["run", "--max-children", str(jobs), f"metadata_proxy.{module}.*"], standalone_mode=False)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+def mutated_line(name: str) -> str:
+    """The diff of one mutant, as `mutmut show` prints it."""
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=ROOT, capture_output=True,
+                           text=True, check=False)
+    return shown.stdout
+
+
+def summarise(module: str) -> dict[str, object]:
+    exit_codes: dict[str, int | None] = json.loads(
+        (WORK / "metadata_proxy" / f"{module}.py.meta").read_text())["exit_code_by_key"]
+    counts: Counter[str] = Counter()
+    survivors: dict[str, str] = {}
+    for name, code in sorted(exit_codes.items()):
+        if code in KILLED:
+            counts["killed"] += 1
+        elif code in SURVIVED and name in EQUIVALENT and EQUIVALENT[name][0] in mutated_line(name):
+            counts["equivalent"] += 1
+        elif code in SURVIVED or code in NO_TESTS:
+            counts["survived" if code in SURVIVED else "no tests"] += 1
+            survivors[name] = mutated_line(name)
+        else:
+            counts[f"exit {code}"] += 1
+            survivors[name] = mutated_line(name)
+    return {"module": module, "generated": len(exit_codes), **counts, "survivors": survivors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE",
+                        help=f"which modules (default: all of {', '.join(MODULES)})")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default: 2)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: the child process of one module
+    args = parser.parse_args(argv)
+    if args.one:
+        return run_one(args.one, args.jobs)
+    if unknown := set(args.modules) - set(MODULES):
+        parser.error(f"no such module: {', '.join(sorted(unknown))} (choose from {', '.join(MODULES)})")
+    results, failed = [], []
+    for module in args.modules or MODULES:
+        shutil.rmtree(WORK, ignore_errors=True)  # mutmut reuses stale copies of sources and tests otherwise
+        status = subprocess.run([sys.executable, "-m", "tests.mutation", "--one", module, "--jobs", str(args.jobs)],
+                                cwd=ROOT, check=False).returncode
+        if status == 0:
+            results.append(summarise(module))
+        else:
+            failed.append(f"mutmut failed on {module} (exit status {status}); see its output above")
+    print("\nmodule | generated | killed | equivalent | survived | no tests")
+    for result in results:
+        print(" | ".join(str(result.get(key, 0)) for key in
+                         ("module", "generated", "killed", "equivalent", "survived", "no tests")))
+    for result in results:
+        for name, diff in result["survivors"].items():  # type: ignore[union-attr]
+            print(f"\nSURVIVED {name}\n{diff}")
+    print(*failed, sep="\n", file=sys.stderr)
+    return 1 if failed or any(result["survivors"] for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
