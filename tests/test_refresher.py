@@ -301,6 +301,29 @@ def test_store_refuses_credentials_past_their_usable_time_and_keeps_what_it_had(
     store.put(spec, make_creds(clock.now - 3600 + 61))  # type: ignore[arg-type]  # 61 s left: usable, for 1 s
 
 
+def test_refused_credentials_say_when_they_expire_and_how_far_that_is() -> None:
+    store = CredentialStore(FakeClock(start=1_000_000.0))  # 1970-01-12T13:46:40Z
+    with pytest.raises(UnusableCredentials) as refused:
+        store.put(object(), make_creds(1_000_000.0 - 3600 + 30))  # type: ignore[arg-type]
+    assert str(refused.value) == ("they expire at 1970-01-12T13:47:10Z, 30 s from now by this host's clock, and "
+                                  "are served only until 60 s before that")
+
+
+def test_every_change_of_the_store_is_a_new_generation() -> None:
+    """Readers memoise what they rendered by the generation: a value that came back would serve stale documents
+    (the credentials of before a discard, or before the latest refresh)."""
+    clock = FakeClock(start=1_000_000.0)
+    store = CredentialStore(clock)
+    spec = object()
+    seen = [store.generation]
+    for change in (lambda: store.put(spec, make_creds(clock.now)), lambda: store.put(spec, make_creds(clock.now)),
+                   lambda: store.discard(spec), lambda: store.put(spec, make_creds(clock.now)),
+                   lambda: store.discard(spec), lambda: store.discard(spec)):
+        change()  # type: ignore[no-untyped-call]
+        seen.append(store.generation)
+    assert len(set(seen)) == len(seen)
+
+
 async def test_a_reload_after_the_credentials_expired_in_an_outage_keeps_the_daemon(
         in_process_daemon, world: World, clock: FakeClock) -> None:
     """'Has succeeded once' is not 'has valid credentials now': a reload during an outage that outlived the
