@@ -44,6 +44,7 @@ RANDOM_LENGTH = "secrets.token_bytes(None) draws 32 bytes, the default"
 CODEC_NAME = "codec names are case-insensitive: 'ASCII' is 'ascii'"
 MEMO_ONLY = ("only the memo of verified tokens is bypassed: every token is checked by its HMAC again, with the "
              "same answer (the memo saves time, which bench/ measures, not behaviour)")
+HEADER_CASE = "HTTP header names are case-insensitive (aiohttp's CIMultiDict, and every client)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁ__init____mutmut_4": ("secrets.token_bytes(None)", RANDOM_LENGTH + " (the same key size)"),
     "tokens.xǁTokenAuthorityǁ__init____mutmut_5": (
@@ -58,6 +59,14 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁverify__mutmut_5": ("expires_ms = None", MEMO_ONLY),
     "tokens.xǁTokenAuthorityǁverify__mutmut_6": ("self._verified.get(None)", MEMO_ONLY),
     "tokens.xǁTokenAuthorityǁverify__mutmut_13": ("self._verified[token] = None", MEMO_ONLY),
+    "container.xǁContainerRoutesǁ__call____mutmut_31": ('{"allow": "GET, HEAD"}', HEADER_CASE),
+    "container.xǁContainerRoutesǁ__call____mutmut_32": ('{"ALLOW": "GET, HEAD"}', HEADER_CASE),
+    "container.xǁContainerRoutesǁ__call____mutmut_38": ('headers.get("authorization")', HEADER_CASE),
+    "container.xǁContainerRoutesǁ__call____mutmut_39": ('headers.get("AUTHORIZATION")', HEADER_CASE),
+    "container.xǁContainerRoutesǁ__call____mutmut_69": ('encode("UTF-8", "surrogateescape")', CODEC_NAME),
+    "container.xǁContainerRoutesǁ_document__mutmut_3": (
+        "self._rendered[1] is not creds", "the document is rendered again for every request instead of once per "
+        "refresh: the same bytes (the memo saves time, not behaviour)"),
 }
 
 # mutmut's exit codes per mutant, grouped as the report counts them
