@@ -44,6 +44,13 @@ RANDOM_LENGTH = "secrets.token_bytes(None) draws 32 bytes, the default"
 CODEC_NAME = "codec names are case-insensitive: 'ASCII' is 'ascii'"
 MEMO_ONLY = ("only the memo of verified tokens is bypassed: every token is checked by its HMAC again, with the "
              "same answer (the memo saves time, which bench/ measures, not behaviour)")
+LONG_READ = ("reading more of the file than 4097 characters: a file longer than 4096 is refused either way "
+             "(the operator's own regular file, so reading it whole costs only memory)")
+NO_SYMLINK_HERE = ("the path is never a symbolic link here: ensure_private_dir has lstat'ed it as a directory, the "
+                   "other caller passes a directory it has just made, and for a link lstat's lrwxrwxrwx lets the "
+                   "group pass before any chown (the flag guards a swap between lstat and chown no test can time)")
+TEMPORARY_NAME = ("the name of the temporary file, which exists only between mkstemp and its rename (or unlink): "
+                  "tests check that the directory then holds the token file alone")
 HEADER_CASE = "HTTP header names are case-insensitive (aiohttp's CIMultiDict, and every client)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁ__init____mutmut_4": ("secrets.token_bytes(None)", RANDOM_LENGTH + " (the same key size)"),
@@ -59,6 +66,21 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁverify__mutmut_5": ("expires_ms = None", MEMO_ONLY),
     "tokens.xǁTokenAuthorityǁverify__mutmut_6": ("self._verified.get(None)", MEMO_ONLY),
     "tokens.xǁTokenAuthorityǁverify__mutmut_13": ("self._verified[token] = None", MEMO_ONLY),
+    "tokenfile.x__read_trusted__mutmut_39": (
+        "mode & 33 and", "0o041 instead of 0o040: the 0o001 bit it adds is refused already by `mode & 0o037`"),
+    "tokenfile.x__read_trusted__mutmut_49": ("file.read(None)", LONG_READ),
+    "tokenfile.x__read_trusted__mutmut_51": ("file.read(MAX_TOKEN_LENGTH + 2)", LONG_READ),
+    **{f"tokenfile.x_let_group_through__mutmut_{number}": (fragment, NO_SYMLINK_HERE) for number, fragment in (
+        (9, "follow_symlinks=None"), (13, "group, )"), (16, "follow_symlinks=True"), (19, "follow_symlinks=None"),
+        (22, "0o710, )"), (24, "follow_symlinks=True"))},
+    "tokenfile.x_load_or_create_token__mutmut_13": ('raw.decode("ASCII")', CODEC_NAME),
+    "tokenfile.x_load_or_create_token__mutmut_16": (
+        "secrets.token_urlsafe(None)", "token_urlsafe(None) draws 32 bytes, the default: the same 43 characters"),
+    **{f"tokenfile.x_load_or_create_token__mutmut_{number}": (fragment, TEMPORARY_NAME) for number, fragment in (
+        (34, "prefix=None"), (36, "dir=directory, )"), (37, 'prefix="XX.token-XX"'), (38, 'prefix=".TOKEN-"'))},
+    "tokenfile.x_load_or_create_token__mutmut_57": (
+        "contextlib.suppress(None)", "whether an error unlinking the temporary file is suppressed: this process made "
+        "that file a moment ago in a directory it could write, and root or the owner can always unlink it"),
     "container.xǁContainerRoutesǁ__call____mutmut_31": ('{"allow": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_32": ('{"ALLOW": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_38": ('headers.get("authorization")', HEADER_CASE),

@@ -335,14 +335,18 @@ def test_the_group_passes_through_the_token_directory(tmp_path: Path, mode: int,
     assert info.st_uid == 0  # only the group changes hands
 
 
-@pytest.mark.parametrize(("mode", "warned"), [(0o700, True), (0o711, False)])
-def test_an_operators_directory_the_group_cannot_pass_is_warned_about(tmp_path: Path, mode: int, warned: bool,
+@pytest.mark.parametrize(("mode", "own_group", "warned"), [
+    (0o700, False, True), (0o711, False, False), (0o710, True, False), (0o701, True, True)])
+def test_an_operators_directory_the_group_cannot_pass_is_warned_about(tmp_path: Path, mode: int, own_group: bool,
+                                                                      warned: bool,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A directory this daemon did not make is not changed: one warning naming the fix."""
     needs_root()
     (group,) = unused_gids(1)
     directory = tmp_path / "operators"
     directory.mkdir()
+    if own_group:
+        os.chown(directory, 0, group)
     directory.chmod(mode)
     with caplog.at_level(logging.WARNING, logger="metadata_proxy"):
         load_or_create_token(str(directory / "role.token"), group)
