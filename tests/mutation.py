@@ -51,6 +51,9 @@ NO_SYMLINK_HERE = ("the path is never a symbolic link here: ensure_private_dir h
                    "group pass before any chown (the flag guards a swap between lstat and chown no test can time)")
 TEMPORARY_NAME = ("the name of the temporary file, which exists only between mkstemp and its rename (or unlink): "
                   "tests check that the directory then holds the token file alone")
+GENERATION = ("readers compare the store's generation for change only: any start value, and any step that "
+              "gives a new value each time, serve the same documents")
+HOST_MEMO = "only the memo of judged Host values is bypassed: every Host is judged again, with the same answer"
 HEADER_CASE = "HTTP header names are case-insensitive (aiohttp's CIMultiDict, and every client)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁ__init____mutmut_4": ("secrets.token_bytes(None)", RANDOM_LENGTH + " (the same key size)"),
@@ -81,6 +84,24 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokenfile.x_load_or_create_token__mutmut_57": (
         "contextlib.suppress(None)", "whether an error unlinking the temporary file is suppressed: this process made "
         "that file a moment ago in a directory it could write, and root or the owner can always unlink it"),
+    "store.xǁCredentialStoreǁ__init____mutmut_13": ("self.generation = 1", GENERATION),
+    "store.xǁCredentialStoreǁdiscard__mutmut_6": ("self.generation += 2", GENERATION),
+    "store.xǁCredentialStoreǁput__mutmut_10": ("self.generation += 2", GENERATION),
+    "connections.x_descriptor_budget__mutmut_5": (
+        "hard >= soft", "also 'raises' a soft limit that already equals the hard one: setting the limit it has"),
+    "connections.xǁConnectionTableǁadmit__mutmut_28": (
+        '[connection] = ""', "the per-uid dict is an ordered set: its values are never read"),
+    "gate.x__split_host__mutmut_5": (
+        'rpartition("]")', "with two ']' either split leaves one in the address or in the port, and both are refused"),
+    "gate.x_guarded__mutmut_6": ('headers.get("host")', HEADER_CASE),
+    "gate.x_guarded__mutmut_7": ('headers.get("HOST")', HEADER_CASE),
+    "gate.xǁHostCheckǁ_judge__mutmut_12": (
+        'rstrip("XX.XX")', "the name is lower-cased first, so there is no 'X' to strip besides the dots"),
+    "gate.xǁHostCheckǁallows__mutmut_3": ("known = None", HOST_MEMO),
+    "gate.xǁHostCheckǁallows__mutmut_4": ("self._memo.get(None)", HOST_MEMO),
+    "gate.xǁHostCheckǁallows__mutmut_8": (
+        "len(self._memo) <= self.MEMO", "257 Host values remembered instead of 256: a bound on memory either way"),
+    "gate.xǁHostCheckǁallows__mutmut_9": ("self._memo[host_header] = None", HOST_MEMO),
     "container.xǁContainerRoutesǁ__call____mutmut_31": ('{"allow": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_32": ('{"ALLOW": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_38": ('headers.get("authorization")', HEADER_CASE),

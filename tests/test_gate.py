@@ -41,7 +41,7 @@ def test_loopback_names_are_accepted(host: str) -> None:
     "localhost.attacker.example", "127.0.0.1.attacker.example", "attacker.example", "attacker.example:80",
     "[::1].attacker.example", "[::1]x", "[::1]:x", "localhost:x", "localhost:", "localhost:\u0663",
     "127.0.0.1:1\x00", "localhost:80:80", "10.0.0.1", "[::2]", "0.0.0.0", "[::1]:", "local host",
-    "169.254.169.254", "[127.0.0.1]x",
+    "169.254.169.254", "[127.0.0.1]x", "[::1]x80", "[::1]:x1", "[::1]]:80",
 ])
 def test_other_names_are_refused(host: str) -> None:
     """Near misses of accepted names: a loopback name as a prefix, a port that is not one, a non-loopback address."""
@@ -96,20 +96,25 @@ class Gate:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def ticking() -> Callable[[], float]:
-    """A latency clock: each request starts at a whole second and takes 2.5 ms."""
-    readings = iter(value for second in range(1000) for value in (second, second + 0.0025))
+def ticking(latency: float) -> Callable[[], float]:
+    """A latency clock: each request starts at a whole second (from 1000 s on) and takes `latency` seconds."""
+    readings = iter(value for second in range(1000, 2000) for value in (second, second + latency))
     return lambda: next(readings)
 
 
 @pytest.fixture
 async def gate(aiohttp_raw_server, aiohttp_client) -> Callable[..., object]:
     async def make(route: Callable[[web.BaseRequest], object], allowed: set[int] | None = None,
-                   uid: int | None = 1000) -> Gate:
+                   uid: int | None = 1000, latency: float = 0.0025) -> Gate:
         state = Gate(None, Metrics(), AuditTrail(lambda: START), allowed, uid)  # type: ignore[arg-type]
-        handler = guarded(lambda: route, HostCheck("127.0.0.1"), state.metrics, lambda request: state.uid,
+
+        def peer_uid(request: web.BaseRequest) -> int | None:  # as the listener knows it: from the request
+            assert request.remote == "127.0.0.1"
+            return state.uid
+
+        handler = guarded(lambda: route, HostCheck("127.0.0.1"), state.metrics, peer_uid,
                           lambda: None if state.allowed is None else frozenset(state.allowed),
-                          state.audit, lambda: ROLE, ticking())
+                          state.audit, lambda: ROLE, ticking(latency))
         state.client = await aiohttp_client(await aiohttp_raw_server(handler))
         return state
 
@@ -155,6 +160,8 @@ async def test_the_allow_list_decides_per_request(gate, allowed: set[int] | None
     expected = "the credentials" if status == 200 else "Forbidden: this local user may not use metadata-proxy"
     assert await served.get() == (status, expected)
     assert served.counted("metadata_proxy_requests_refused_total", reason="uid") == (status == 403)
+    assert served.counted("metadata_proxy_requests_total", route="unknown" if status == 403 else "credentials",
+                          status=str(status)) == 1
 
 
 async def test_a_tightened_allow_list_applies_to_the_next_request(gate) -> None:
@@ -185,10 +192,20 @@ async def test_refusals_and_tokens_are_audited_with_their_uid_and_the_role(gate,
     assert audited() == [(1001, ROLE, "refused", 2), (1001, ROLE, "token", 1), (1001, ROLE, "refused", 1)]
 
 
-async def test_a_route_no_rule_audits_leaves_no_record(gate, audited) -> None:
-    served = await gate(unclaimed)
-    assert await served.get() == (404, "Not Found")
-    served.audit.flush()
+async def test_only_a_handout_or_a_refusal_is_audited(gate, audited) -> None:
+    async def metadata(request: web.BaseRequest) -> web.Response:
+        request[LABEL] = ("metadata", "")
+        return web.Response(text="i-0123456789abcdef0")
+
+    async def no_credentials(request: web.BaseRequest) -> web.Response:
+        request[LABEL] = ("credentials", "")
+        return web.Response(status=503, text="no valid credentials")
+
+    for route, answer in ((unclaimed, (404, "Not Found")), (metadata, (200, "i-0123456789abcdef0")),
+                          (no_credentials, (503, "no valid credentials"))):
+        served = await gate(route)
+        assert await served.get() == answer
+        served.audit.flush()
     assert audited() == []
 
 
@@ -206,16 +223,16 @@ async def test_a_route_that_raises_is_a_500_and_one_line_without_the_query(gate,
 
 
 async def test_the_debug_line_has_method_path_status_and_latency_and_no_header(gate, caplog) -> None:
-    served = await gate(unclaimed)
+    served = await gate(unclaimed, latency=0.0123456)
     with caplog.at_level(logging.DEBUG, logger="metadata_proxy.access"):
         async with served.client.get("/latest//meta-data/?q=1", headers={"X-aws-ec2-metadata-token": "tok-secret"}):
             pass
     (record,) = [r for r in caplog.records if r.name == "metadata_proxy.access"]
-    assert record.getMessage() == "127.0.0.1 GET /latest/meta-data 404 2.5ms"
+    assert record.getMessage() == "127.0.0.1 GET /latest/meta-data 404 12.3ms"
     entry = json.loads(JsonFormatter().format(record))
     assert {key: entry[key] for key in ("event", "remote", "method", "path", "status", "latency_ms", "route")} == {
         "event": "request", "remote": "127.0.0.1", "method": "GET", "path": "/latest/meta-data", "status": 404,
-        "latency_ms": 2.5, "route": "unknown"}
+        "latency_ms": 12.346, "route": "unknown"}
     assert "tok-secret" not in caplog.text
 
 
