@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(summarise(module))
         else:
             failed.append(f"mutmut failed on {module} (exit status {status}); see its output above")
-    print("\nmodule | generated | killed | equivalent | survived | no tests")
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    print(f"\nmutmut {version('mutmut')} on commit {commit}")
+    print("module | generated | killed | equivalent | survived | no tests")
     for result in results:
         print(" | ".join(str(result.get(key, 0)) for key in
                          ("module", "generated", "killed", "equivalent", "survived", "no tests")))

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from metadata_proxy.audit import AuditTrail
 from metadata_proxy.gate import HostCheck, guarded, printable
-from metadata_proxy.imds import LABEL
+from metadata_proxy.imds import LABEL, SERVED_ROLE
 from metadata_proxy.logs import JsonFormatter
 from metadata_proxy.metrics import Metrics
 
@@ -67,6 +67,17 @@ def test_a_wildcard_listener_accepts_any_address_but_no_name() -> None:
     assert check.allows("[2001:db8::1]:80") is True
     assert check.allows("attacker.example") is False
     assert check.allows("192.0.2.11.attacker.example") is False
+
+
+def test_the_addresses_a_listener_also_answers_for_are_accepted_and_their_neighbours_refused() -> None:
+    """The transparent endpoint: intercepted clients arrive with the IMDS address they meant to reach."""
+    check = HostCheck("127.0.0.1", also=("169.254.169.254", "fd00:ec2::254"))
+    assert check.allows("169.254.169.254") is True
+    assert check.allows("[fd00:ec2::254]:80") is True
+    assert check.allows("169.254.169.253") is False
+    assert check.allows("[fd00:ec2::253]") is False
+    assert check.allows("169.254.169.254.attacker.example") is False
+    assert HostCheck("127.0.0.1").allows("169.254.169.254") is False
 
 
 def test_past_the_memo_every_name_is_still_judged() -> None:
@@ -190,6 +201,18 @@ async def test_refusals_and_tokens_are_audited_with_their_uid_and_the_role(gate,
     served.audit.flush()
     tokens.audit.flush()
     assert audited() == [(1001, ROLE, "refused", 2), (1001, ROLE, "token", 1), (1001, ROLE, "refused", 1)]
+
+
+async def test_a_route_that_names_the_role_it_served_is_audited_under_that_role(gate, audited) -> None:
+    """The transparent endpoint serves several roles through one listener: each handout names its own."""
+    async def other_role(request: web.BaseRequest) -> web.Response:
+        request[LABEL] = ("credentials", "")
+        request[SERVED_ROLE] = "arn:aws:iam::111111111111:role/other"
+        return web.Response(text="the credentials")
+
+    served = await gate(other_role)
+    await served.get()
+    assert audited() == [(1000, "arn:aws:iam::111111111111:role/other", "imds-credentials", 1)]
 
 
 async def test_only_a_handout_or_a_refusal_is_audited(gate, audited) -> None:

@@ -159,7 +159,7 @@ async def refreshing(sts: ScriptedSts, clock: FakeClock, upper: bool = True, out
 
 
 def refresh_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, object]]]:
-    return [(record.getMessage(), {key: getattr(record, key) for key in ("event", "role", "outcome")} |
+    return [(record.getMessage(), {key: getattr(record, key) for key in ("levelname", "event", "role", "outcome")} |
              ({"error_code": record.error_code} if hasattr(record, "error_code") else
               {"expires": record.expires, "duration_s": type(record.duration_s)}))
             for record in caplog.records if record.name == "metadata_proxy.refresh"]
@@ -196,8 +196,8 @@ async def test_unit_success_schedules_the_advisory_refresh_and_says_so(caplog: p
         (message, fields), = refresh_lines(caplog)
         assert re.fullmatch(rf"refreshed {ARN}: expires 2027-01-15T09:00:00Z \(took \d+\.\d\d s\); next refresh at "
                             r"2027-01-15T08:21:00Z", message), message
-        assert fields == {"event": "refresh", "role": ARN, "outcome": "success", "expires": "2027-01-15T09:00:00Z",
-                          "duration_s": float}
+        assert fields == {"levelname": "INFO", "event": "refresh", "role": ARN, "outcome": "success",
+                          "expires": "2027-01-15T09:00:00Z", "duration_s": float}
         assert outcomes == [("ok", True)]
         clock.advance(1259)
         await let_run()
@@ -227,14 +227,14 @@ async def test_unit_failures_back_off_keep_serving_and_say_what_is_served(caplog
         clock.advance_to(state.next_attempt)  # type: ignore[arg-type]
         state = await step(refresher, sts, 4)
         assert state.failures_in_a_row == 1 and refresher.has_valid(SPEC)  # the previous ones stay served
-    assert [line for line in refresh_lines(caplog) if line[1]["outcome"] == "failure"] == [
+    failure = {"event": "refresh", "role": ARN, "outcome": "failure", "error_code": "Throttling"}
+    assert [line for line in refresh_lines(caplog) if line[1]["outcome"] == "failure"] == [  # an error while clients
         (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 1 in 1.0 s; no valid credentials to serve",
-         {"event": "refresh", "role": ARN, "outcome": "failure", "error_code": "Throttling"}),
+         {"levelname": "ERROR", **failure}),  # get nothing, a warning while the previous credentials are served
         (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 2 in 2.0 s; no valid credentials to serve",
-         {"event": "refresh", "role": ARN, "outcome": "failure", "error_code": "Throttling"}),
+         {"levelname": "ERROR", **failure}),
         (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 1 in 1.0 s; still serving credentials valid "
-         "until 2027-01-15T09:00:03Z", {"event": "refresh", "role": ARN, "outcome": "failure",
-                                        "error_code": "Throttling"}),
+         "until 2027-01-15T09:00:03Z", {"levelname": "WARNING", **failure}),
     ]
     assert outcomes == [("Throttling", True), ("Throttling", True), ("ok", True), ("Throttling", True)]
 
@@ -252,9 +252,10 @@ async def test_unit_a_permanent_error_before_any_success_stops_the_start_and_is_
         assert sts.calls == 1 and not refresher.has_valid(SPEC)
 
 
-async def test_unit_a_permanent_error_after_a_success_is_retried() -> None:
+async def test_unit_a_permanent_error_after_a_success_is_retried(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(NOW)
     sts = ScriptedSts(clock, "ASIAFIRST", DENIED, "ASIAAGAIN")
+    caplog.set_level(logging.INFO, logger="metadata_proxy.refresh")
     async with refreshing(sts, clock) as refresher:
         refresher.start(SPEC)
         await refresher.wait_ready(SPEC)
@@ -265,6 +266,8 @@ async def test_unit_a_permanent_error_after_a_success_is_retried() -> None:
         clock.advance(1.0)
         await step(refresher, sts, 3)
         assert refresher.store.get(SPEC).access_key_id == "ASIAAGAIN"  # type: ignore[union-attr]
+    # only an operator can fix a denial: an error even while the previous credentials are still served
+    assert [fields["levelname"] for _, fields in refresh_lines(caplog)] == ["INFO", "ERROR", "INFO"]
 
 
 @pytest.mark.parametrize(("obtained", "hint"), [
