@@ -14,6 +14,7 @@ modules or its tests, and update docs/testing.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -114,7 +115,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
 }
 
 # mutmut's exit codes per mutant, grouped as the report counts them
-KILLED = {1, 3, 24, -24, 36, 152, 255}  # a failing test or a timeout: the change was noticed
+KILLED = {1, 3}  # a failing test
+DEADLINE = {24, -24, 36, 152, 255}  # a test that hung until its deadline or CPU limit: noticed too
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 
@@ -147,19 +149,23 @@ def summarise(module: str) -> dict[str, object]:
         (WORK / "metadata_proxy" / f"{module}.py.meta").read_text())["exit_code_by_key"]
     counts: Counter[str] = Counter()
     survivors: dict[str, str] = {}
+    equivalents: dict[str, str] = {}
     for name, code in sorted(exit_codes.items()):
-        if code in KILLED:
+        if code in KILLED or code in DEADLINE:
             counts["killed"] += 1
+            counts["by deadline"] += code in DEADLINE
         elif code in SURVIVED and (known := EQUIVALENT.get(name.removeprefix("metadata_proxy."))) \
                 and any(line.startswith("+") and known[0] in line for line in mutated_line(name).splitlines()):
             counts["equivalent"] += 1
+            equivalents[name] = f"`{known[0]}`: {known[1]}"
         elif code in SURVIVED or code in NO_TESTS:
             counts["survived" if code in SURVIVED else "no tests"] += 1
             survivors[name] = mutated_line(name)
         else:
             counts[f"exit {code}"] += 1
             survivors[name] = mutated_line(name)
-    return {"module": module, "generated": len(exit_codes), **counts, "survivors": survivors}
+    return {"module": module, "generated": len(exit_codes), **counts, "survivors": survivors,
+            "equivalents": equivalents}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         return run_one(args.one, args.jobs)
+    if importlib.util.find_spec("mutmut") is None:
+        parser.error("mutmut is not installed: .venv/bin/pip install -e '.[dev]'")
     if unknown := set(args.modules) - set(MODULES):
         parser.error(f"no such module: {', '.join(sorted(unknown))} (choose from {', '.join(MODULES)})")
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
     results, failed = [], []
     for module in args.modules or MODULES:
         shutil.rmtree(WORK, ignore_errors=True)  # mutmut reuses stale copies of sources and tests otherwise
@@ -182,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(summarise(module))
         else:
             failed.append(f"mutmut failed on {module} (exit status {status}); see its output above")
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    print(f"\nmutmut {version('mutmut')} on commit {commit}")
-    print("module | generated | killed | equivalent | survived | no tests")
+    columns = ("module", "generated", "killed", "by deadline", "equivalent", "survived", "no tests")
+    print(f"\nmutmut {version('mutmut')} on commit {commit}\n\n| {' | '.join(columns)} |")
     for result in results:
-        print(" | ".join(str(result.get(key, 0)) for key in
-                         ("module", "generated", "killed", "equivalent", "survived", "no tests")))
+        print(f"| {' | '.join(str(result.get(key, 0)) for key in columns)} |")
+    for result in results:
+        for name, reason in result["equivalents"].items():  # type: ignore[union-attr]
+            print(f"EQUIVALENT {name.removeprefix('metadata_proxy.')}: {reason}")
     for result in results:
         for name, diff in result["survivors"].items():  # type: ignore[union-attr]
             print(f"\nSURVIVED {name}\n{diff}")
