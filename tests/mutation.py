@@ -86,6 +86,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokenfile.x_load_or_create_token__mutmut_57": (
         "contextlib.suppress(None)", "whether an error unlinking the temporary file is suppressed: this process made "
         "that file a moment ago in a directory it could write, and root or the owner can always unlink it"),
+    "refresher.xǁRefreshPolicyǁbackoff__mutmut_15": (
+        "min(failures - 1, 31)", "the exponent is bounded only so that 2 ** n stays a small number: 2 ** 30 and "
+        "2 ** 31 seconds are both far past the 60-second cap, which min() applies either way"),
     "store.xǁCredentialStoreǁ__init____mutmut_1": (
         "maxsize: int = 1025", "room for 1025 roles instead of 1024: the daemon stores one entry per configured role, "
         "each with a listener of its own, so neither bound is reached"),
