@@ -315,6 +315,25 @@ async def test_unit_in_flight_counts_the_call_under_way_and_stop_forgets_the_rol
         assert sts.calls == 1  # its task is gone
 
 
+async def test_unit_stopping_one_role_leaves_the_others_running() -> None:
+    """A reload that drops one role stops its task alone: the others keep their credentials and their schedule."""
+    clock = FakeClock(NOW)
+    other = RoleSpec(role_arn="arn:aws:iam::111111110001:role/role-04", session_name="s")
+    sts = ScriptedSts(clock, "ASIAFIRST", "ASIAOTHER", "ASIARENEWED")
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        await refresher.wait_ready(SPEC)
+        refresher.start(other)
+        await refresher.wait_ready(other)
+        await refresher.stop(SPEC)
+        assert refresher.running == frozenset({other}) and set(refresher.states) == {other}
+        assert refresher.store.get(other).access_key_id == "ASIAOTHER"  # type: ignore[union-attr]
+        assert refresher.store.get(SPEC) is None
+        clock.advance_to(refresher.states[other].next_attempt)  # type: ignore[arg-type]
+        await refresher.wait_for(lambda: sts.calls == 3 and refresher.in_flight == 0)
+        assert refresher.store.get(other).access_key_id == "ASIARENEWED"  # type: ignore[union-attr]
+
+
 # --- the daemon against moto, on the fake clock ---
 
 async def test_served_credentials_keep_1800s_and_sts_sees_at_most_three_calls_an_hour(
