@@ -185,7 +185,7 @@ async def test_unit_success_schedules_the_advisory_refresh_and_says_so(caplog: p
     clock = FakeClock(NOW)
     sts = ScriptedSts(clock, fresh(clock))
     caplog.set_level(logging.INFO, logger="metadata_proxy.refresh")
-    stopwatch = iter(n * 0.123456789 for n in range(100))  # each reading of the call's duration, 0.123456789 s on
+    stopwatch = iter(1000 + n * 0.123456789 for n in range(100))  # each reading 0.123456789 s after the one before
     monkeypatch.setattr(refresher_module, "time", SimpleNamespace(perf_counter=lambda: next(stopwatch)))
     outcomes: list = []
     async with refreshing(sts, clock, upper=False, outcomes=outcomes) as refresher:
@@ -278,6 +278,8 @@ async def test_unit_a_permanent_error_after_a_success_is_retried(caplog: pytest.
 
 @pytest.mark.parametrize(("obtained", "hint"), [
     (0, " (is this host's clock ahead? compare it with an NTP source)"),  # issued with 30 s left: a skewed clock
+    (-1769, " (is this host's clock ahead? compare it with an NTP source)"),  # less than half the session: skew
+    (-1770, ""),  # exactly half the 3600 s session
     (-3570, ""),  # a whole session that is simply over by now
 ])
 async def test_unit_an_answer_too_close_to_expiry_is_a_failure_that_says_why(obtained: float, hint: str) -> None:
@@ -310,6 +312,9 @@ async def test_unit_in_flight_counts_the_call_under_way_and_stop_forgets_the_rol
         assert refresher.in_flight == 0
         await refresher.stop(SPEC)
         assert (refresher.running, refresher.states, refresher.has_valid(SPEC)) == (frozenset(), {}, False)
+        # again, and a role never started: a failed reload's undo may stop what the shutdown stopped already
+        await refresher.stop(SPEC)
+        await refresher.stop(RoleSpec(role_arn="arn:aws:iam::111111110001:role/never-started", session_name="s"))
         clock.advance(7200)
         await let_run()
         assert sts.calls == 1  # its task is gone
