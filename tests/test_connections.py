@@ -125,13 +125,16 @@ def test_the_default_share_is_half_the_cap() -> None:
     assert table.admit("late", 2000, lambda c: False) == (False, None)  # nothing idle to make room with
 
 
-@pytest.mark.parametrize(("cap", "held"), [(2, 1), (3, 1), (5, 2)])
-def test_a_small_cap_still_leaves_one_uid_only_half(cap: int, held: int) -> None:
-    table = ConnectionTable(cap=cap)
-    for number in range(held):
-        assert table.admit(number, 2000, lambda c: False) == (True, None)
-    assert table.admit(held, 2000, lambda c: False) == (False, None)
-    assert table.admit("other", 1001, lambda c: False) == (True, None)
+@pytest.mark.parametrize(("cap", "share"), [(1, 1), (2, 1), (3, 1), (5, 2)])
+def test_a_small_cap_still_gives_each_uid_a_share_of_at_least_one(cap: int, share: int) -> None:
+    assert ConnectionTable(cap=cap).share == share
+
+
+def test_at_a_cap_of_two_each_user_keeps_one() -> None:
+    table = ConnectionTable(cap=2)
+    assert table.admit("a", 2000, lambda c: True) == (True, None)
+    assert table.admit("b", 1001, lambda c: True) == (True, None)
+    assert table.admit("b2", 1001, lambda c: True) == (True, "b")  # at its share of one: its own makes room
 
 
 # --- the server: decided at accept ---

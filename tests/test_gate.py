@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from metadata_proxy.audit import AuditTrail
 from metadata_proxy.gate import HostCheck, guarded, printable
-from metadata_proxy.imds import LABEL, SERVED_ROLE
+from metadata_proxy.imds import LABEL
 from metadata_proxy.logs import JsonFormatter
 from metadata_proxy.metrics import Metrics
 
@@ -116,7 +116,8 @@ def ticking(latency: float) -> Callable[[], float]:
 @pytest.fixture
 async def gate(aiohttp_raw_server, aiohttp_client) -> Callable[..., object]:
     async def make(route: Callable[[web.BaseRequest], object], allowed: set[int] | None = None,
-                   uid: int | None = 1000, latency: float = 0.0025) -> Gate:
+                   uid: int | None = 1000, latency: float = 0.0025,
+                   role: Callable[[web.BaseRequest], str | None] = lambda request: ROLE) -> Gate:
         state = Gate(None, Metrics(), AuditTrail(lambda: START), allowed, uid)  # type: ignore[arg-type]
 
         def peer_uid(request: web.BaseRequest) -> int | None:  # as the listener knows it: from the request
@@ -125,7 +126,7 @@ async def gate(aiohttp_raw_server, aiohttp_client) -> Callable[..., object]:
 
         handler = guarded(lambda: route, HostCheck("127.0.0.1"), state.metrics, peer_uid,
                           lambda: None if state.allowed is None else frozenset(state.allowed),
-                          state.audit, lambda: ROLE, ticking(latency))
+                          state.audit, role, ticking(latency))
         state.client = await aiohttp_client(await aiohttp_raw_server(handler))
         return state
 
@@ -203,16 +204,28 @@ async def test_refusals_and_tokens_are_audited_with_their_uid_and_the_role(gate,
     assert audited() == [(1001, ROLE, "refused", 2), (1001, ROLE, "token", 1), (1001, ROLE, "refused", 1)]
 
 
-async def test_a_route_that_names_the_role_it_served_is_audited_under_that_role(gate, audited) -> None:
-    """The transparent endpoint serves several roles through one listener: each handout names its own."""
-    async def other_role(request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("credentials", "")
-        request[SERVED_ROLE] = "arn:aws:iam::111111111111:role/other"
-        return web.Response(text="the credentials")
+async def test_each_request_is_audited_under_the_role_it_got(gate, audited) -> None:
+    """The transparent endpoint serves several roles through one listener: the role is asked per request."""
+    other = "arn:aws:iam::111111111111:role/other"
+    served = await gate(credentials, role=lambda request: other if request.path == "/other" else ROLE)
+    await served.get("/other")
+    await served.get("/mine")
+    assert audited() == [(1000, other, "imds-credentials", 1), (1000, ROLE, "imds-credentials", 1)]
 
-    served = await gate(other_role)
-    await served.get()
-    assert audited() == [(1000, "arn:aws:iam::111111111111:role/other", "imds-credentials", 1)]
+
+class Answer(web.Response):
+    """A response of a class of its own: the gate must still take it as an answer, not as something to await."""
+
+
+@pytest.mark.parametrize("answer", [lambda: web.Response(text="at once"), lambda: Answer(text="at once")],
+                         ids=["response", "subclass"])
+async def test_a_route_may_answer_without_awaiting(gate, answer) -> None:
+    def at_once(request: web.BaseRequest) -> web.Response:
+        request[LABEL] = ("metadata", "")
+        return answer()
+
+    served = await gate(at_once)
+    assert await served.get() == (200, "at once")
 
 
 async def test_only_a_handout_or_a_refusal_is_audited(gate, audited) -> None:
