@@ -97,12 +97,15 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "store.xǁCredentialStoreǁput__mutmut_10": ("self.generation += 2", GENERATION),
     "connections.x_descriptor_budget__mutmut_5": (
         "hard >= soft", "also 'raises' a soft limit that already equals the hard one: setting the limit it has"),
-    "connections.xǁConnectionTableǁadmit__mutmut_28": (
+    "connections.xǁConnectionTableǁadmit__mutmut_27": (
         '[connection] = ""', "the per-uid dict is an ordered set: its values are never read"),
     "gate.x__split_host__mutmut_5": (
         'rpartition("]")', "with two ']' either split leaves one in the address or in the port, and both are refused"),
-    "gate.x_guarded__mutmut_6": ('headers.get("host")', HEADER_CASE),
-    "gate.x_guarded__mutmut_7": ('headers.get("HOST")', HEADER_CASE),
+    "gate.x_guarded__mutmut_9": ('headers.get("host")', HEADER_CASE),
+    "gate.x_guarded__mutmut_10": ('headers.get("HOST")', HEADER_CASE),
+    "gate.x_guarded__mutmut_48": (
+        "type(None) is web.Response", "only the exact-class shortcut is lost: isinstance(answer, web.StreamResponse) "
+        "then answers for a web.Response as well"),
     "gate.xǁHostCheckǁ_judge__mutmut_12": (
         'rstrip("XX.XX")', "the name is lower-cased first, so there is no 'X' to strip besides the dots"),
     "gate.xǁHostCheckǁallows__mutmut_3": ("known = None", HOST_MEMO),

@@ -130,6 +130,13 @@ def test_a_small_cap_still_gives_each_uid_a_share_of_at_least_one(cap: int, shar
     assert ConnectionTable(cap=cap).share == share
 
 
+def test_an_explicit_share_is_the_one_applied() -> None:
+    table = ConnectionTable(cap=4, share=1)
+    for name, uid in (("b1", 1001), ("b2", 1001), ("a1", 2000), ("c1", 1002)):
+        assert table.admit(name, uid, lambda c: True) == (True, None)
+    assert table.admit("a2", 2000, lambda c: True) == (True, "a1")  # at a share of one: its own, not the heaviest's
+
+
 def test_at_a_cap_of_two_each_user_keeps_one() -> None:
     table = ConnectionTable(cap=2)
     assert table.admit("a", 2000, lambda c: True) == (True, None)
