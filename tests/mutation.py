@@ -43,7 +43,7 @@ TEST_TIMEOUT = "30"
 # Mutants that change no behaviour a user could observe, by name, with the text of the mutated line (so that a
 # renumbering after an edit of the module shows up as a survivor rather than being excused by a stale entry).
 RANDOM_LENGTH = "secrets.token_bytes(None) draws 32 bytes, the default"
-CODEC_NAME = "codec names are case-insensitive: 'ASCII' is 'ascii'"
+CODEC_NAME = "codec names are case-insensitive ('ASCII' is 'ascii', 'UTF-8' is 'utf-8')"
 MEMO_ONLY = ("only the memo of verified tokens is bypassed: every token is checked by its HMAC again, with the "
              "same answer (the memo saves time, which bench/ measures, not behaviour)")
 LONG_READ = ("reading more of the file than 4097 characters: a file longer than 4096 is refused either way "
