@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -28,13 +27,11 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class ContainerRoutes:
     """GET <path> with the right Authorization header answers the role's credentials as JSON."""
 
-    def __init__(self, spec: RoleSpec, state: RoleState, store: CredentialStore, token: str,
-                 now: Callable[[], float]) -> None:
+    def __init__(self, spec: RoleSpec, state: RoleState, store: CredentialStore, token: str) -> None:
         self._spec = spec
         self._state = state
         self._store = store
         self._token = token.encode()
-        self._now = now
         self._rendered: tuple[Credentials, bytes] | None = None
 
     def _document(self, creds: Credentials) -> bytes:

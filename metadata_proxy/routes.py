@@ -68,7 +68,7 @@ def role_routes(shared: Shared, config: ServeConfig, role: RoleConfig, spec: Rol
     imds = imds_routes(shared, config, spec, state).answer
     if container_token is None:
         return imds
-    container = ContainerRoutes(spec, state, shared.store, container_token, shared.now)
+    container = ContainerRoutes(spec, state, shared.store, container_token)
     return with_container_route(container_path(role.name), container, imds)
 
 

@@ -27,6 +27,7 @@ from metadata_proxy.errors import ConfigError
 log = logging.getLogger("metadata_proxy")
 
 MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_LENGTH = 4096  # far beyond any real token; a longer file is refused rather than cut short
 
 
 def default_token_dir(environ: Mapping[str, str]) -> str:
@@ -80,8 +81,9 @@ def check_token(token: str, source: str) -> str:
     if token != token.strip() or any(ch in token for ch in "\r\n"):
         raise ConfigError(f"{source}: the token has surrounding whitespace or a newline; clients send it "
                           "verbatim and botocore rejects it: write it without one (printf %s TOKEN > FILE)")
-    if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable():
-        raise ConfigError(f"{source}: the token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters")
+    if not MIN_TOKEN_LENGTH <= len(token) <= MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable():
+        raise ConfigError(f"{source}: the token must be {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} printable ASCII "
+                          "characters")
     return token
 
 
@@ -113,7 +115,7 @@ def _read_trusted(path: str, group: int | None) -> bytes | None:
                               f"chgrp {group} it)")
         if group is not None:
             _share_with(fd, path, group)
-        return file.read(4096)
+        return file.read(MAX_TOKEN_LENGTH + 1)  # enough to tell a token that is too long
 
 
 def _share_with(fd: int, path: str, group: int) -> None:

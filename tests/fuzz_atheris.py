@@ -48,7 +48,7 @@ METRICS = Metrics()
 IDENTITY = InstanceIdentity("i-0123456789abcdef0", "us-east-1", "us-east-1a", "111111110001", time.time())
 STATE = RoleState(SPEC)
 ROUTES = with_container_route(container_path("role-01"),
-                              ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN, CLOCK.time),
+                              ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN),
                               ImdsRoutes(SPEC, STATE, CACHE, TOKENS, IDENTITY, METRICS, require_token=True,
                                          now=CLOCK.time))
 GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS, audit=AuditTrail(),

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from metadata_proxy.connections import ConnectionTable
+from metadata_proxy.connections import ConnectionTable, descriptor_budget
 from metadata_proxy.gate import HostCheck
 from metadata_proxy.listeners import Endpoint, TrackedServer, bind_socket
 from metadata_proxy.metrics import Metrics
@@ -123,6 +123,25 @@ def test_the_default_share_is_half_the_cap() -> None:
     assert table.admit(1024, 2000, lambda c: True) == (True, 0)  # at the cap, over its share: its own oldest goes
     assert table.admit("other", 1001, lambda c: True) == (True, 1)  # another user: the heaviest gives way
     assert table.admit("late", 2000, lambda c: False) == (False, None)  # nothing idle to make room with
+
+
+@pytest.mark.parametrize(("cap", "share"), [(1, 1), (2, 1), (3, 1), (5, 2)])
+def test_a_small_cap_still_gives_each_uid_a_share_of_at_least_one(cap: int, share: int) -> None:
+    assert ConnectionTable(cap=cap).share == share
+
+
+def test_an_explicit_share_is_the_one_applied() -> None:
+    table = ConnectionTable(cap=4, share=1)
+    for name, uid in (("b1", 1001), ("b2", 1001), ("a1", 2000), ("c1", 1002)):
+        assert table.admit(name, uid, lambda c: True) == (True, None)
+    assert table.admit("a2", 2000, lambda c: True) == (True, "a1")  # at a share of one: its own, not the heaviest's
+
+
+def test_at_a_cap_of_two_each_user_keeps_one() -> None:
+    table = ConnectionTable(cap=2)
+    assert table.admit("a", 2000, lambda c: True) == (True, None)
+    assert table.admit("b", 1001, lambda c: True) == (True, None)
+    assert table.admit("b2", 1001, lambda c: True) == (True, "b")  # at its share of one: its own makes room
 
 
 # --- the server: decided at accept ---
@@ -242,7 +261,38 @@ print(descriptor_budget(), *resource.getrlimit(resource.RLIMIT_NOFILE))
     (1024, 1024, "768 1024 1024"),  # systemd's default when the hard limit is 1024 too
     (256, 256, "128 256 256"),  # a small limit still keeps 128 descriptors for the daemon's own use
 ])
-def test_the_descriptor_limit_is_raised_and_the_cap_stays_below_it(soft: int, hard: int, expected: str) -> None:
+def test_the_real_descriptor_limit_is_raised_and_the_cap_stays_below_it(soft: int, hard: int, expected: str) -> None:
     result = subprocess.run([sys.executable, "-c", BUDGET], capture_output=True, text=True, timeout=60,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
     assert result.stdout.strip() == expected, result.stderr
+
+
+INFINITY = resource.RLIM_INFINITY
+
+
+@pytest.mark.parametrize(("soft", "hard", "raise_works", "limit", "cap"), [
+    (100, 4096, True, (4096, 4096), 3072),
+    (1001, 1001, True, (1001, 1001), 751),  # a quarter, rounded up, stays in reserve
+    (256, 256, True, (256, 256), 128),
+    (100, 100, True, (100, 100), 1),  # too few for any reserve: one connection still fits
+    (129, 129, True, (129, 129), 1),
+    (130, 130, True, (130, 130), 2),
+    (1024, INFINITY, True, (INFINITY, INFINITY), 1024),  # no limit at all: the cap of 1024 connections
+    (1024, INFINITY, False, (1024, INFINITY), 768),  # an infinite hard limit above fs.nr_open: the soft one stays
+])
+def test_the_descriptor_budget_for_each_limit(monkeypatch: pytest.MonkeyPatch, soft: int, hard: int,
+                                              raise_works: bool, limit: tuple[int, int], cap: int) -> None:
+    """The same rule under limits a test cannot set for real (an infinite hard limit, one the kernel refuses)."""
+    current = [soft, hard]
+
+    def setrlimit(which: int, values: tuple[int, int]) -> None:
+        assert which == resource.RLIMIT_NOFILE
+        if not raise_works:
+            raise ValueError("not allowed to raise maximum limit")
+        current[:] = values
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: tuple(current) if which == resource.RLIMIT_NOFILE else
+                        pytest.fail(f"unexpected getrlimit({which})"))
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    budget = descriptor_budget()
+    assert (budget, type(budget), tuple(current)) == (cap, int, limit)

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from metadata_proxy import scenario
+from metadata_proxy.container import ContainerRoutes
 from metadata_proxy.demo import listing_rows
+from metadata_proxy.gate import HostCheck, guarded
+from metadata_proxy.metrics import Metrics
+from metadata_proxy.model import Credentials, RoleSpec
+from metadata_proxy.refresher import RoleState
+from metadata_proxy.store import CredentialStore
+from metadata_proxy.sts import StsError
 from tests.conftest import World, launch
+from tests.support.fakeclock import FakeClock
 from tests.support.http import request
 from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node, run
 from tests.support.users import NOBODY, needs_root, reachable_dir, unused_gids
@@ -111,6 +122,123 @@ def test_imds_still_requires_its_own_token(daemon: DaemonProcess, token_file: Pa
     reply = request(daemon.url, "GET", "/latest/meta-data/iam/security-credentials/role-01",
                     {"Authorization": token_file.read_text()})
     assert reply.status == 401
+
+
+# --- the route in-process: each way through the token check, with the exact answer and what /metrics counts ---
+# (under `python -m tests.mutation` a daemon in a child process runs unmutated code: these pin the check itself)
+
+SECRET = "container-token-0123456789abcdef"  # what the token file holds
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+ROLE_ARN = "arn:aws:iam::111111111111:role/role-01"
+SPEC = RoleSpec(role_arn=ROLE_ARN, session_name="s")
+
+
+def creds(key: str) -> Credentials:
+    return Credentials(key, f"secret-of-{key}", f"session-of-{key}", NOW + 3600, NOW,
+                       "arn:aws:sts::111111111111:assumed-role/role-01/s")
+
+
+@dataclass
+class Route:
+    client: TestClient
+    store: CredentialStore
+    state: RoleState
+    metrics: Metrics
+
+    async def get(self, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+        async with self.client.request(method, "/v1/credentials/role-01", headers=headers or {}) as reply:
+            body = await reply.read()
+            return reply.status, dict(reply.headers), body
+
+    def counted(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def refusals(self) -> dict[str, float]:
+        """Every refusal /metrics counts, by reason."""
+        return {sample.labels["reason"]: sample.value for family in self.metrics.registry.collect()
+                if family.name == "metadata_proxy_requests_refused" for sample in family.samples
+                if sample.name.endswith("_total")}
+
+
+@pytest.fixture
+async def route(aiohttp_raw_server, aiohttp_client) -> Route:
+    clock = FakeClock(NOW)
+    store = CredentialStore(clock)
+    state = RoleState(SPEC)
+    metrics = Metrics()
+    routes = ContainerRoutes(SPEC, state, store, SECRET)
+    server = await aiohttp_raw_server(guarded(lambda: routes, HostCheck("127.0.0.1"), metrics))
+    return Route(await aiohttp_client(server), store, state, metrics)
+
+
+async def test_in_process_the_exact_token_gets_the_document_and_a_refresh_replaces_it(route: Route) -> None:
+    route.store.put(SPEC, creds("ASIAFIRST"))
+    status, headers, body = await route.get({"Authorization": SECRET})
+    assert (status, headers["Content-Type"]) == (200, "application/json")
+    assert json.loads(body) == {"AccessKeyId": "ASIAFIRST", "SecretAccessKey": "secret-of-ASIAFIRST",
+                                "Token": "session-of-ASIAFIRST", "Expiration": "2027-01-15T09:00:00Z",
+                                "AccountId": "111111111111", "RoleArn": ROLE_ARN}
+    route.store.put(SPEC, creds("ASIASECOND"))
+    status, _, body = await route.get({"Authorization": SECRET})
+    assert (status, json.loads(body)["AccessKeyId"]) == (200, "ASIASECOND")
+    status, _, body = await route.get({"Authorization": SECRET}, method="HEAD")
+    assert (status, body) == (200, b"")
+    assert route.counted("metadata_proxy_requests_total", route="container", status="200") == 3
+    assert route.refusals() == {}
+
+
+@pytest.mark.parametrize("presented", [SECRET + "x", SECRET[:-1], SECRET[:16], "A" * len(SECRET), "", SECRET.upper(),
+                                       "Bearer " + SECRET, SECRET + "\u00e9"],
+                         ids=["appended", "one-short", "prefix", "same-length", "empty", "other-case", "bearer",
+                              "non-ascii"])
+async def test_in_process_near_miss_tokens_are_403(route: Route, presented: str) -> None:
+    route.store.put(SPEC, creds("ASIAFIRST"))
+    status, _, body = await route.get({"Authorization": presented})
+    assert status == 403
+    assert json.loads(body) == {"code": "AccessDenied", "message": "invalid Authorization token",
+                                "Code": "AccessDenied", "Message": "invalid Authorization token"}
+    assert route.refusals() == {"token": 1}
+    assert route.counted("metadata_proxy_requests_total", route="container", status="403") == 1
+
+
+async def test_in_process_a_token_that_is_not_utf8_is_403_not_500(route: Route) -> None:
+    """Header bytes that are not UTF-8 (aiohttp keeps them as surrogates) are compared, not a crash."""
+    route.store.put(SPEC, creds("ASIAFIRST"))
+    reader, writer = await asyncio.open_connection(route.client.host, route.client.port)
+    writer.write(b"GET /v1/credentials/role-01 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " +
+                 SECRET.encode() + b"\xff\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), answer
+
+
+async def test_in_process_no_token_is_401_and_another_method_405(route: Route) -> None:
+    route.store.put(SPEC, creds("ASIAFIRST"))
+    status, _, body = await route.get()
+    assert status == 401
+    assert json.loads(body) == {"code": "Unauthorized", "message": "missing Authorization header",
+                                "Code": "Unauthorized", "Message": "missing Authorization header"}
+    assert route.refusals() == {"token": 1}
+    assert route.counted("metadata_proxy_requests_total", route="container", status="401") == 1
+    status, headers, body = await route.get({"Authorization": SECRET}, method="POST")
+    assert (status, headers["Allow"]) == (405, "GET, HEAD")
+    assert json.loads(body) == {"code": "MethodNotAllowed", "message": "use GET",
+                                "Code": "MethodNotAllowed", "Message": "use GET"}
+    assert route.refusals() == {"token": 1, "method": 1}
+    assert route.counted("metadata_proxy_requests_total", route="container", status="405") == 1
+
+
+async def test_in_process_without_credentials_503_says_why(route: Route) -> None:
+    status, _, body = await route.get({"Authorization": SECRET})
+    assert status == 503
+    prefix = "metadata-proxy has no valid credentials for arn:aws:iam::111111111111:role/role-01: "
+    assert json.loads(body) == {"code": "CredentialsUnavailable", "message": prefix + "no valid credentials are cached",
+                                "Code": "CredentialsUnavailable", "Message": prefix + "no valid credentials are cached"}
+    route.state.last_error = StsError("Throttling", "Rate exceeded", transient=True, role_arn=ROLE_ARN)
+    status, _, body = await route.get({"Authorization": SECRET})
+    assert (status, json.loads(body)["message"]) == (503, prefix + "AssumeRole failed: Throttling: Rate exceeded")
+    assert route.counted("metadata_proxy_requests_total", route="container", status="503") == 2
+    assert route.refusals() == {}
 
 
 # --- real clients through the two variables ---

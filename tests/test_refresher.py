@@ -11,18 +11,22 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import random
+from types import SimpleNamespace
 
 import aiohttp
 import moto.sts.models
 import pytest
 
+from metadata_proxy import refresher as refresher_module
 from metadata_proxy import scenario
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.daemon import Daemon
-from metadata_proxy.model import Credentials
-from metadata_proxy.refresher import RefreshPolicy, RoleState
+from metadata_proxy.model import Credentials, RoleSpec
+from metadata_proxy.refresher import Refresher, RefreshPolicy, RoleState
 from metadata_proxy.store import CredentialStore, UnusableCredentials
+from metadata_proxy.sts import StsError
 from tests.conftest import World
 from tests.support.fakeclock import FakeClock
 from tests.support.http import get, token
@@ -97,6 +101,242 @@ def test_cache_never_returns_credentials_near_or_past_expiry() -> None:
     assert cache.get(spec) is creds  # type: ignore[arg-type]
     clock.advance_to(creds.expiration - 60)
     assert cache.get(spec) is None  # type: ignore[arg-type]
+
+
+# --- the refresher on its own: STS answers scripted by the test, the fake clock, exact log lines ---
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+ARN = "arn:aws:iam::111111110001:role/role-01"
+SPEC = RoleSpec(role_arn=ARN, session_name="s")
+THROTTLED = StsError("Throttling", "Rate exceeded", transient=True, role_arn=ARN)
+DENIED = StsError("AccessDenied", "not authorized", transient=False, role_arn=ARN)
+
+
+class Bounds:
+    """A jitter source that always picks one end of the range: schedules become literals."""
+
+    def __init__(self, upper: bool) -> None:
+        self.upper = upper
+
+    def uniform(self, low: float, high: float) -> float:
+        return high if self.upper else low
+
+
+class ScriptedSts:
+    """AssumeRole answering from a script: credentials, an access key id (a fresh one-hour session issued at the
+    time of the call), or an StsError to raise. Each call is counted and can be held open by the test."""
+
+    def __init__(self, clock: FakeClock, *answers: Credentials | StsError | str) -> None:
+        self.clock = clock
+        self.answers = list(answers)
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, spec: RoleSpec) -> Credentials:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0) if self.answers else THROTTLED
+        if isinstance(answer, StsError):
+            raise answer
+        return fresh(self.clock, key=answer) if isinstance(answer, str) else answer
+
+
+def fresh(clock: FakeClock, lifetime: float = 3600, key: str = "ASIAEXAMPLE") -> Credentials:
+    return Credentials(key, "secret", "token", clock.now + lifetime, clock.now,
+                       "arn:aws:sts::111111110001:assumed-role/role-01/s")
+
+
+@contextlib.asynccontextmanager
+async def refreshing(sts: ScriptedSts, clock: FakeClock, upper: bool = True, outcomes: list | None = None):
+    store = CredentialStore(clock)
+    refresher = Refresher(sts, store, clock, rng=Bounds(upper),  # type: ignore[arg-type]
+                          on_outcome=lambda state, seconds: (outcomes if outcomes is not None else []).append(
+                              (state.last_error.code if state.last_error else "ok", seconds)))
+    try:
+        yield refresher
+    finally:
+        await refresher.stop()
+
+
+def refresh_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, object]]]:
+    return [(record.getMessage(), {key: getattr(record, key) for key in ("levelname", "event", "role", "outcome")} |
+             ({"error_code": record.error_code} if hasattr(record, "error_code") else
+              {"expires": record.expires, "duration_s": record.duration_s}))
+            for record in caplog.records if record.name == "metadata_proxy.refresh"]
+
+
+async def let_run() -> None:
+    """Lets every task that is ready run to its next wait (a woken refresher reaches STS within a few turns)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def step(refresher: Refresher, sts: ScriptedSts, calls: int) -> RoleState:
+    """Waits until the STS has been asked `calls` times and the refresher has dealt with the answer."""
+    state = refresher.states[SPEC]
+    await refresher.wait_for(lambda: sts.calls >= calls and state.next_attempt is not None
+                             and (state.attempts >= calls) and refresher.in_flight == 0)
+    return state
+
+
+async def test_unit_success_schedules_the_advisory_refresh_and_says_so(caplog: pytest.LogCaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(NOW)
+    sts = ScriptedSts(clock, fresh(clock))
+    caplog.set_level(logging.INFO, logger="metadata_proxy.refresh")
+    stopwatch = iter(1000 + n * 0.123456789 for n in range(100))  # each reading 0.123456789 s after the one before
+    monkeypatch.setattr(refresher_module, "time", SimpleNamespace(perf_counter=lambda: next(stopwatch)))
+    outcomes: list = []
+    async with refreshing(sts, clock, upper=False, outcomes=outcomes) as refresher:
+        state = refresher.start(SPEC)
+        assert refresher.start(SPEC) is state  # started once, whatever asks again
+        assert f"refresh {ARN}" in {task.get_name() for task in asyncio.all_tasks()}  # as asyncio reports it
+        await refresher.wait_ready(SPEC)
+        state = await step(refresher, sts, 1)
+        assert refresher.has_valid(SPEC) and refresher.running == frozenset({SPEC})
+        # 70 % of the 1800 s the credentials spend above the 1800 s floor
+        assert (state.last_success, state.next_attempt, state.last_error, state.failures_in_a_row) == (
+            NOW, NOW + 1260, None, 0)
+        (message, fields), = refresh_lines(caplog)
+        assert message == (f"refreshed {ARN}: expires 2027-01-15T09:00:00Z (took 0.12 s); next refresh at "
+                           "2027-01-15T08:21:00Z")
+        assert fields == {"levelname": "INFO", "event": "refresh", "role": ARN, "outcome": "success",
+                          "expires": "2027-01-15T09:00:00Z", "duration_s": 0.1235}
+        assert outcomes == [("ok", pytest.approx(0.246913578))]  # the STS latency metric: the call and the store
+        clock.advance(1259)
+        await let_run()
+        assert sts.calls == 1  # not before it is due
+        sts.answers.append("ASIASECOND")
+        clock.advance(1)
+        state = await step(refresher, sts, 2)
+        assert refresher.store.get(SPEC).access_key_id == "ASIASECOND"  # type: ignore[union-attr]
+
+
+async def test_unit_failures_back_off_keep_serving_and_say_what_is_served(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock(NOW)
+    sts = ScriptedSts(clock, THROTTLED, THROTTLED, "ASIAFIRST", THROTTLED)
+    caplog.set_level(logging.INFO, logger="metadata_proxy.refresh")
+    outcomes: list = []
+    async with refreshing(sts, clock, outcomes=outcomes) as refresher:
+        refresher.start(SPEC)
+        state = await step(refresher, sts, 1)
+        assert (state.next_attempt, state.failures_in_a_row, state.last_error) == (NOW + 1.0, 1, THROTTLED)
+        assert not refresher.has_valid(SPEC) and state.fatal is None
+        clock.advance(1.0)
+        state = await step(refresher, sts, 2)
+        assert state.next_attempt == NOW + 1.0 + 2.0
+        clock.advance(2.0)
+        state = await step(refresher, sts, 3)
+        assert refresher.has_valid(SPEC) and state.failures_in_a_row == 0 and state.last_success == NOW + 3.0
+        clock.advance_to(state.next_attempt)  # type: ignore[arg-type]
+        state = await step(refresher, sts, 4)
+        assert state.failures_in_a_row == 1 and refresher.has_valid(SPEC)  # the previous ones stay served
+    failure = {"event": "refresh", "role": ARN, "outcome": "failure", "error_code": "Throttling"}
+    assert [line for line in refresh_lines(caplog) if line[1]["outcome"] == "failure"] == [  # an error while clients
+        (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 1 in 1.0 s; no valid credentials to serve",
+         {"levelname": "ERROR", **failure}),  # get nothing, a warning while the previous credentials are served
+        (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 2 in 2.0 s; no valid credentials to serve",
+         {"levelname": "ERROR", **failure}),
+        (f"AssumeRole of {ARN} failed: Throttling: Rate exceeded; retry 1 in 1.0 s; still serving credentials valid "
+         "until 2027-01-15T09:00:03Z", {"levelname": "WARNING", **failure}),
+    ]
+    assert [code for code, _ in outcomes] == ["Throttling", "Throttling", "ok", "Throttling"]
+    assert all(seconds >= 0 for _, seconds in outcomes)
+
+
+async def test_unit_a_permanent_error_before_any_success_stops_the_start_and_is_not_retried() -> None:
+    clock = FakeClock(NOW)
+    sts = ScriptedSts(clock, DENIED, fresh(clock))
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        with pytest.raises(StsError) as raised:
+            await refresher.wait_ready(SPEC)
+        assert raised.value is DENIED and refresher.states[SPEC].fatal is DENIED
+        clock.advance(3600)
+        await let_run()
+        assert sts.calls == 1 and not refresher.has_valid(SPEC)
+
+
+async def test_unit_a_permanent_error_after_a_success_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock(NOW)
+    sts = ScriptedSts(clock, "ASIAFIRST", DENIED, "ASIAAGAIN")
+    caplog.set_level(logging.INFO, logger="metadata_proxy.refresh")
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        await refresher.wait_ready(SPEC)
+        state = await step(refresher, sts, 1)
+        clock.advance_to(state.next_attempt)  # type: ignore[arg-type]
+        state = await step(refresher, sts, 2)
+        assert state.fatal is None and state.next_attempt == clock.now + 1.0
+        clock.advance(1.0)
+        await step(refresher, sts, 3)
+        assert refresher.store.get(SPEC).access_key_id == "ASIAAGAIN"  # type: ignore[union-attr]
+    # only an operator can fix a denial: an error even while the previous credentials are still served
+    assert [fields["levelname"] for _, fields in refresh_lines(caplog)] == ["INFO", "ERROR", "INFO"]
+
+
+@pytest.mark.parametrize(("obtained", "hint"), [
+    (0, " (is this host's clock ahead? compare it with an NTP source)"),  # issued with 30 s left: a skewed clock
+    (-1769, " (is this host's clock ahead? compare it with an NTP source)"),  # less than half the session: skew
+    (-1770, ""),  # exactly half the 3600 s session
+    (-3570, ""),  # a whole session that is simply over by now
+])
+async def test_unit_an_answer_too_close_to_expiry_is_a_failure_that_says_why(obtained: float, hint: str) -> None:
+    clock = FakeClock(NOW)
+    late = Credentials("ASIALATE", "secret", "token", NOW + 30, NOW + obtained,
+                       "arn:aws:sts::111111110001:assumed-role/role-01/s")
+    sts = ScriptedSts(clock, late)
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        state = await step(refresher, sts, 1)
+        assert state.last_error is not None and state.last_error.code == "UnusableCredentials"
+        assert state.last_error.transient and state.fatal is None and not refresher.has_valid(SPEC)
+        assert str(state.last_error) == (
+            "UnusableCredentials: STS returned credentials too close to expiry to serve: they expire at "
+            f"2027-01-15T08:00:30Z, 30 s from now by this host's clock, and are served only until 60 s before "
+            f"that{hint}")
+
+
+async def test_unit_in_flight_counts_the_call_under_way_and_stop_forgets_the_role() -> None:
+    clock = FakeClock(NOW)
+    sts = ScriptedSts(clock, fresh(clock))
+    sts.gate = asyncio.Event()
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        while sts.calls == 0:  # the task's first step: it calls STS without waiting for anything else
+            await asyncio.sleep(0)
+        assert refresher.in_flight == 1
+        sts.gate.set()
+        await refresher.wait_ready(SPEC)
+        assert refresher.in_flight == 0
+        await refresher.stop(SPEC)
+        assert (refresher.running, refresher.states, refresher.has_valid(SPEC)) == (frozenset(), {}, False)
+        # again, and a role never started: a failed reload's undo may stop what the shutdown stopped already
+        await refresher.stop(SPEC)
+        await refresher.stop(RoleSpec(role_arn="arn:aws:iam::111111110001:role/never-started", session_name="s"))
+        clock.advance(7200)
+        await let_run()
+        assert sts.calls == 1  # its task is gone
+
+
+async def test_unit_stopping_one_role_leaves_the_others_running() -> None:
+    """A reload that drops one role stops its task alone: the others keep their credentials and their schedule."""
+    clock = FakeClock(NOW)
+    other = RoleSpec(role_arn="arn:aws:iam::111111110001:role/role-04", session_name="s")
+    sts = ScriptedSts(clock, "ASIAFIRST", "ASIAOTHER", "ASIARENEWED")
+    async with refreshing(sts, clock) as refresher:
+        refresher.start(SPEC)
+        await refresher.wait_ready(SPEC)
+        refresher.start(other)
+        await refresher.wait_ready(other)
+        await refresher.stop(SPEC)
+        assert refresher.running == frozenset({other}) and set(refresher.states) == {other}
+        assert refresher.store.get(other).access_key_id == "ASIAOTHER"  # type: ignore[union-attr]
+        assert refresher.store.get(SPEC) is None
+        clock.advance_to(refresher.states[other].next_attempt)  # type: ignore[arg-type]
+        await refresher.wait_for(lambda: sts.calls == 3 and refresher.in_flight == 0)
+        assert refresher.store.get(other).access_key_id == "ASIARENEWED"  # type: ignore[union-attr]
 
 
 # --- the daemon against moto, on the fake clock ---
@@ -299,6 +539,29 @@ def test_store_refuses_credentials_past_their_usable_time_and_keeps_what_it_had(
             store.put(spec, make_creds(clock.now - 3600 + remaining))  # type: ignore[arg-type]
         assert store.get(spec) is valid  # type: ignore[arg-type]
     store.put(spec, make_creds(clock.now - 3600 + 61))  # type: ignore[arg-type]  # 61 s left: usable, for 1 s
+
+
+def test_refused_credentials_say_when_they_expire_and_how_far_that_is() -> None:
+    store = CredentialStore(FakeClock(start=1_000_000.0))  # 1970-01-12T13:46:40Z
+    with pytest.raises(UnusableCredentials) as refused:
+        store.put(object(), make_creds(1_000_000.0 - 3600 + 30))  # type: ignore[arg-type]
+    assert str(refused.value) == ("they expire at 1970-01-12T13:47:10Z, 30 s from now by this host's clock, and "
+                                  "are served only until 60 s before that")
+
+
+def test_every_change_of_the_store_is_a_new_generation() -> None:
+    """Readers memoise what they rendered by the generation: a value that came back would serve stale documents
+    (the credentials of before a discard, or before the latest refresh)."""
+    clock = FakeClock(start=1_000_000.0)
+    store = CredentialStore(clock)
+    spec = object()
+    seen = [store.generation]
+    for change in (lambda: store.put(spec, make_creds(clock.now)), lambda: store.put(spec, make_creds(clock.now)),
+                   lambda: store.discard(spec), lambda: store.put(spec, make_creds(clock.now)),
+                   lambda: store.discard(spec), lambda: store.discard(spec)):
+        change()  # type: ignore[no-untyped-call]
+        seen.append(store.generation)
+    assert len(set(seen)) == len(seen)
 
 
 async def test_a_reload_after_the_credentials_expired_in_an_outage_keeps_the_daemon(

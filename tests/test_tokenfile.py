@@ -6,16 +6,19 @@ would hand that user the role: refused with one line, as ssh's StrictModes refus
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from metadata_proxy.errors import ConfigError
-from metadata_proxy.tokenfile import ensure_private_dir, load_or_create_token
+from metadata_proxy.tokenfile import default_token_dir, ensure_private_dir, load_or_create_token
 from metadata_proxy.values import parse_group
 from tests.support.users import NOBODY, needs_root, reachable_dir, unused_gids
 
@@ -222,3 +225,175 @@ def test_group_is_a_name_or_a_gid() -> None:
         parse_group("no-such-group-here")
     with pytest.raises(ValueError, match="expected a uid"):
         parse_group("4294967295")
+
+
+# --- where the default file lives, and the exact line for each refusal ---
+
+@pytest.mark.parametrize(("environ", "uid", "expected"), [
+    ({"RUNTIME_DIRECTORY": "/run/metadata-proxy:/run/other"}, 0, "/run/metadata-proxy"),  # systemd's first one
+    ({"RUNTIME_DIRECTORY": "/run/mp", "XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/mp"),
+    ({"RUNTIME_DIRECTORY": "", "XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/user/1000/metadata-proxy"),
+    ({}, 0, "/run/metadata-proxy"),
+    ({}, 1, "/tmp/metadata-proxy-1"),  # the uid next to root's gets a private directory in /tmp
+    ({"XDG_RUNTIME_DIR": ""}, 1000, "/tmp/metadata-proxy-1000"),
+])
+def test_default_token_directory(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], uid: int,
+                                 expected: str) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert default_token_dir(environ) == expected
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("with-a-trailing-newline-123456\n", "the token has surrounding whitespace or a newline; clients send it "
+     "verbatim and botocore rejects it: write it without one (printf %s TOKEN > FILE)"),
+    ("line\r\nbreak-0123456789", "the token has surrounding whitespace or a newline; clients send it "
+     "verbatim and botocore rejects it: write it without one (printf %s TOKEN > FILE)"),
+    ("fifteen-chars-x", "the token must be 16 to 4096 printable ASCII characters"),
+    ("a" * 4097, "the token must be 16 to 4096 printable ASCII characters"),  # refused, not cut to 4096
+    ("a-tab\tin-the-middle-0123", "the token must be 16 to 4096 printable ASCII characters"),
+    ("bell\x07-in-the-middle-0123", "the token must be 16 to 4096 printable ASCII characters"),
+    ("caf\u00e9-token-0123456789", "the token must be printable ASCII"),
+])
+def test_bad_operator_tokens_get_one_line_naming_the_file(tmp_path: Path, content: str, reason: str) -> None:
+    path = private_file(tmp_path / "bad.token", content)
+    with pytest.raises(ConfigError) as refused:
+        load_or_create_token(str(path))
+    assert str(refused.value) == f"{path}: {reason}"
+
+
+@pytest.mark.parametrize("content", ["sixteen-chars-xx", "a" * 4096, "X-marks-the-token-0123", "~!@#$%^&*()_+{}|:<>?"])
+def test_tokens_at_the_limits_are_used_verbatim(tmp_path: Path, content: str) -> None:
+    assert load_or_create_token(str(private_file(tmp_path / "given.token", content))) == content
+
+
+def test_a_new_token_has_256_bits_in_43_url_safe_characters(tmp_path: Path) -> None:
+    directory = tmp_path / "tokens"
+    directory.mkdir()  # a directory that exists already
+    token = load_or_create_token(str(directory / "role.token"))
+    assert len(token) == 43 and set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert os.listdir(directory) == ["role.token"]
+
+
+def test_a_new_token_is_written_next_to_its_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is made in the token's own directory, so that the rename is atomic (one filesystem)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temporary-directory"))
+    path = tmp_path / "tokens" / "role.token"
+    token = load_or_create_token(str(path))
+    assert path.read_text() == token
+
+
+def test_a_path_through_a_file_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = blocker / "role.token"
+    with pytest.raises(ConfigError) as refused:
+        load_or_create_token(str(path))
+    assert str(refused.value) == f"cannot read container token file {path}: Not a directory"
+
+
+def test_a_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    dangling = tmp_path / "tokens"
+    dangling.symlink_to(tmp_path / "gone")
+    path = dangling / "role.token"
+    with pytest.raises(ConfigError) as refused:
+        load_or_create_token(str(path))
+    assert str(refused.value) == f"cannot write container token file {path}: File exists"
+
+
+def test_a_symlink_as_the_token_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    link = tmp_path / "metadata-proxy"
+    link.symlink_to(tmp_path / "real")
+    with pytest.raises(ConfigError) as refused:
+        ensure_private_dir(str(link))
+    assert str(refused.value) == f"cannot use {link} as the token directory: it is not a directory"
+
+
+# --- a token group: who may pass through the directory, and what a user outside the group is told ---
+
+@pytest.mark.parametrize(("mode", "own_group", "changed"), [
+    (0o710, True, False),  # the group may pass already
+    (0o750, True, False),  # ... and may list it too: the operator's choice, left alone
+    (0o701, True, True),  # others may pass, but a member of the directory's group is judged by the group bits
+    (0o701, False, False),  # another group's directory that others may pass: the group passes as others
+    (0o710, False, True),  # another group's directory: its group bits do not help this group
+    (0o700, False, True),
+])
+def test_the_group_passes_through_the_token_directory(tmp_path: Path, mode: int, own_group: bool,
+                                                      changed: bool) -> None:
+    needs_root()
+    group, other = unused_gids(2)
+    directory = tmp_path / "metadata-proxy"
+    directory.mkdir()
+    os.chown(directory, 0, group if own_group else other)
+    directory.chmod(mode)
+    ensure_private_dir(str(directory), group)
+    info = directory.stat()
+    after = (0o710, group) if changed else (mode, group if own_group else other)
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == after
+    assert info.st_uid == 0  # only the group changes hands
+
+
+@pytest.mark.parametrize(("mode", "own_group", "warned"), [
+    (0o700, False, True), (0o711, False, False), (0o710, True, False), (0o701, True, True)])
+def test_an_operators_directory_the_group_cannot_pass_is_warned_about(tmp_path: Path, mode: int, own_group: bool,
+                                                                      warned: bool,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A directory this daemon did not make is not changed: one warning naming the fix."""
+    needs_root()
+    (group,) = unused_gids(1)
+    directory = tmp_path / "operators"
+    directory.mkdir()
+    if own_group:
+        os.chown(directory, 0, group)
+    directory.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="metadata_proxy"):
+        load_or_create_token(str(directory / "role.token"), group)
+    assert stat.S_IMODE(directory.stat().st_mode) == mode
+    expected = [f"group {group} cannot pass through {directory} to read the container token file in it: give it x "
+                f"(chgrp {group} and chmod g+x, or o+x)"] if warned else []
+    assert [record.getMessage() for record in caplog.records] == expected
+
+
+def test_a_private_file_of_another_group_is_given_to_the_token_group(tmp_path: Path) -> None:
+    """0600 keeps every group out, whatever the file's group: it is used, and then given to the token group."""
+    needs_root()
+    group, other = unused_gids(2)
+    path = private_file(tmp_path / "given.token")
+    os.chown(path, 0, other)
+    assert load_or_create_token(str(path), group) == TOKEN
+    assert (stat.S_IMODE(path.stat().st_mode), path.stat().st_gid) == (0o640, group)
+
+
+def refuse_group_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a daemon user outside the group meets: the kernel refuses to give a file to that group."""
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    monkeypatch.setattr(os, "chown", refused)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_outside_the_group_the_token_file_is_one_line_and_no_leftover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       existing: bool) -> None:
+    group = 40001
+    directory = tmp_path / "tokens"
+    directory.mkdir()
+    path = private_file(directory / "given.token") if existing else directory / "new.token"
+    refuse_group_changes(monkeypatch)
+    with pytest.raises(ConfigError) as refused:
+        load_or_create_token(str(path), group)
+    assert str(refused.value) == (f"cannot give container token file {path} to group {group}: Operation not "
+                                  "permitted (this user must be a member of that group)")
+    assert os.listdir(directory) == (["given.token"] if existing else [])
+
+
+def test_outside_the_group_the_token_directory_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "metadata-proxy"
+    refuse_group_changes(monkeypatch)
+    with pytest.raises(ConfigError) as refused:
+        ensure_private_dir(str(directory), 40001)
+    assert str(refused.value) == (f"cannot give token directory {directory} to group 40001: Operation not "
+                                  "permitted (this user must be a member of that group)")
