@@ -31,6 +31,14 @@ def private_file(path: Path, content: str = TOKEN) -> Path:
     return path
 
 
+def group_file(path: Path, gid: int, mode: int = 0o640) -> Path:
+    """A token file owned by root (the daemon's user here) with group gid and that mode."""
+    private_file(path)
+    os.chown(path, 0, gid)
+    path.chmod(mode)
+    return path
+
+
 def test_created_token_file_is_0600_without_newline(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "role.token"
     token = load_or_create_token(str(path))
@@ -138,9 +146,7 @@ def test_directory_others_may_pass_is_left_as_it_is(tmp_path: Path) -> None:
 def test_private_or_group_readable_operator_file_is_used_and_given_to_the_group(tmp_path: Path, mode: int) -> None:
     needs_root()
     (group,) = unused_gids(1)
-    path = private_file(tmp_path / "given.token")
-    os.chown(path, 0, group)
-    path.chmod(mode)
+    path = group_file(tmp_path / "given.token", group, mode)
     assert load_or_create_token(str(path), group) == TOKEN
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.stat().st_gid == group
 
@@ -149,9 +155,7 @@ def test_private_or_group_readable_operator_file_is_used_and_given_to_the_group(
 def test_with_a_group_other_access_or_group_write_is_still_refused(tmp_path: Path, mode: int) -> None:
     needs_root()
     (group,) = unused_gids(1)
-    path = private_file(tmp_path / "given.token")
-    os.chown(path, 0, group)
-    path.chmod(mode)
+    path = group_file(tmp_path / "given.token", group, mode)
     with pytest.raises(ConfigError, match=rf"users other than its owner and group {group} may access it "
                                           rf"\(mode 0{mode:o}, group {group}; chmod 640 it and chgrp {group} it\)"):
         load_or_create_token(str(path), group)
@@ -161,9 +165,7 @@ def test_with_a_group_other_access_or_group_write_is_still_refused(tmp_path: Pat
 def test_with_a_group_a_file_readable_by_another_group_is_refused(tmp_path: Path) -> None:
     needs_root()
     group, other = unused_gids(2)
-    path = private_file(tmp_path / "given.token")
-    os.chown(path, 0, other)
-    path.chmod(0o640)
+    path = group_file(tmp_path / "given.token", other)
     with pytest.raises(ConfigError, match=rf"\(mode 0640, group {other}; chmod 640 it and chgrp {group} it\)"):
         load_or_create_token(str(path), group)
 
@@ -171,9 +173,7 @@ def test_with_a_group_a_file_readable_by_another_group_is_refused(tmp_path: Path
 def test_with_a_group_a_symlink_is_still_refused(tmp_path: Path) -> None:
     needs_root()
     (group,) = unused_gids(1)
-    target = private_file(tmp_path / "theirs.token")
-    os.chown(target, 0, group)
-    target.chmod(0o640)
+    target = group_file(tmp_path / "theirs.token", group)
     link = tmp_path / "given.token"
     link.symlink_to(target)
     with pytest.raises(ConfigError, match="it is a symbolic link"):
@@ -183,9 +183,7 @@ def test_with_a_group_a_symlink_is_still_refused(tmp_path: Path) -> None:
 def test_without_the_group_option_a_group_readable_file_is_refused(tmp_path: Path) -> None:
     needs_root()
     (group,) = unused_gids(1)
-    path = private_file(tmp_path / "given.token")
-    os.chown(path, 0, group)
-    path.chmod(0o640)
+    path = group_file(tmp_path / "given.token", group)
     with pytest.raises(ConfigError, match=r"other users may access it \(mode 0640; chmod 600 it\)"):
         load_or_create_token(str(path))
 
@@ -360,8 +358,7 @@ def test_a_private_file_of_another_group_is_given_to_the_token_group(tmp_path: P
     """0600 keeps every group out, whatever the file's group: it is used, and then given to the token group."""
     needs_root()
     group, other = unused_gids(2)
-    path = private_file(tmp_path / "given.token")
-    os.chown(path, 0, other)
+    path = group_file(tmp_path / "given.token", other, 0o600)
     assert load_or_create_token(str(path), group) == TOKEN
     assert (stat.S_IMODE(path.stat().st_mode), path.stat().st_gid) == (0o640, group)
 
