@@ -13,9 +13,10 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from metadata_proxy.imds import LABEL, normalize_path, text_response
+from metadata_proxy.imds import normalize_path, text_response
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.refresher import Refresher, RefreshPolicy
+from metadata_proxy.request import GatedRequest
 
 STALL = 5.0  # seconds without a heartbeat from the event loop before /healthz says it is stuck
 
@@ -33,11 +34,11 @@ class AdminRoutes:
         self._last_heartbeat = last_heartbeat
         self._policy = policy or RefreshPolicy()
 
-    async def __call__(self, request: web.BaseRequest) -> web.Response:
+    async def __call__(self, request: GatedRequest) -> web.Response:
         path = normalize_path(request.raw_path)
-        request[LABEL] = ("admin", "")
+        request.label = ("admin", "")
         if request.method not in ("GET", "HEAD"):
-            request[LABEL] = ("admin", "method")
+            request.label = ("admin", "method")
             return text_response(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
         if path == "/metrics":
             return web.Response(body=generate_latest(self._metrics.registry),

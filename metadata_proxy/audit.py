@@ -29,7 +29,7 @@ DEFAULT_INTERVAL = 60.0
 MAX_FIRSTS = 4096  # (uid, role) pairs remembered as having had credentials; past that none is "first" again
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     count: int
     first: float
@@ -46,13 +46,13 @@ class AuditTrail:
         self._handed_out: set[tuple[int | None, str]] = set()
 
     def record(self, uid: int | None, role: str, route: str) -> None:
-        moment = self._now()
         key = (uid, role, route)
         tally = self._pending.get(key)
         if tally is not None:  # the common case, on the request path: count it
             tally.count += 1
-            tally.last = moment
+            tally.last = self._now()
             return
+        moment = self._now()
         tally = Tally(1, moment, moment)
         if route in HANDOUTS and (uid, role) not in self._handed_out and len(self._handed_out) < MAX_FIRSTS:
             self._handed_out.add((uid, role))  # the first credentials this uid got for this role: said at once

@@ -12,9 +12,9 @@ import json
 
 from aiohttp import web
 
-from metadata_proxy.imds import LABEL
 from metadata_proxy.model import Credentials, RoleSpec, format_time
 from metadata_proxy.refresher import RoleState
+from metadata_proxy.request import GatedRequest
 from metadata_proxy.store import CredentialStore
 
 
@@ -46,17 +46,18 @@ class ContainerRoutes:
             }).encode())
         return self._rendered[1]
 
-    async def __call__(self, request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("container", "")
+    async def __call__(self, request: GatedRequest) -> web.Response:
+        request.label = ("container", "")
+        request.served_role = self._spec.role_arn
         if request.method not in ("GET", "HEAD"):
-            request[LABEL] = ("container", "method")
+            request.label = ("container", "method")
             return error_response(405, "MethodNotAllowed", "use GET", {"Allow": "GET, HEAD"})
         presented = request.headers.get("Authorization")
         if presented is None:
-            request[LABEL] = ("container", "token")
+            request.label = ("container", "token")
             return error_response(401, "Unauthorized", "missing Authorization header")
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._token):
-            request[LABEL] = ("container", "token")
+            request.label = ("container", "token")
             return error_response(403, "AccessDenied", "invalid Authorization token")
         creds = self._store.get(self._spec)
         if creds is None:

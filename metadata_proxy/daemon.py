@@ -154,7 +154,7 @@ class Daemon:
             await self.serve(listener)
         if self.transparent is not None:
             self.transparent.route(config, self.listeners, self.refresher.states)
-            await self.transparent.start(self.metrics, lambda: self.config.allowed_uids)
+            await self.transparent.start(self.metrics)
         if self.admin is not None:
             self.admin.routes = AdminRoutes(self.metrics, self.refresher, self.clock.time, lambda: self.last_heartbeat)
             await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.metrics)
@@ -222,8 +222,8 @@ class Daemon:
 
     async def serve(self, listener: Listener) -> None:
         self.install_routes(listener)
-        await listener.start(HostCheck(self.config.host), self.metrics, lambda: listener.allowed,
-                             self.config.hop_limit, lambda: self.config.audit_interval)
+        await listener.start(HostCheck(self.config.host), self.metrics, self.config.hop_limit,
+                             lambda: self.config.audit_interval)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
             log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",

@@ -13,12 +13,14 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
-from metadata_proxy.imds import LABEL, normalize_path, text_response
+from metadata_proxy.imds import normalize_path, text_response
 from metadata_proxy.metrics import Metrics
+from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
 access_log = logging.getLogger("metadata_proxy.access")
@@ -26,10 +28,21 @@ access_log = logging.getLogger("metadata_proxy.access")
 AUDITED = {"credentials": IMDS_CREDENTIALS, "credentials-extended": IMDS_CREDENTIALS,
            "container": CONTAINER_CREDENTIALS, "token": TOKEN}
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[GatedRequest], Awaitable[web.StreamResponse]]
 # What a listener's routes are: a handler, or a function that answers at once when it can (a response) and
 # returns an awaitable only when it must wait (the hot path then costs no coroutine of its own).
-Routes = Callable[[web.BaseRequest], web.StreamResponse | Awaitable[web.StreamResponse]]
+Routes = Callable[[GatedRequest], web.StreamResponse | Awaitable[web.StreamResponse]]
+HOST_REFUSED = ("unknown", "host")  # the labels of the gate's own refusals
+UID_REFUSED = ("unknown", "uid")
+
+
+class Served(Protocol):
+    """What the gate reads from its endpoint on every request: a reload replaces them in place, so a tightened
+    allow-list applies to the next request of an open connection."""
+
+    routes: Routes
+    allowed: frozenset[int] | None  # the local uids that may use the endpoint (None: everyone)
+    audit_role: str | None  # the role its audit records name when no route says which one it served
 
 
 class HostCheck:
@@ -47,16 +60,16 @@ class HostCheck:
     def __init__(self, bound_host: str, also: tuple[str, ...] = ()) -> None:
         self._bound = ipaddress.ip_address(bound_host)
         self._also = frozenset(ipaddress.ip_address(address) for address in also)
-        self._memo: dict[str, bool] = {}
+        # Host values already judged (None: no Host at all, accepted); the gate reads it before calling allows().
+        self.memo: dict[str | None, bool] = {None: True}
 
     def allows(self, host_header: str | None) -> bool:
-        if host_header is None:
-            return True
-        known = self._memo.get(host_header)
+        known = self.memo.get(host_header)
         if known is None:
+            assert host_header is not None
             known = self._judge(host_header)
-            if len(self._memo) < self.MEMO:
-                self._memo[host_header] = known
+            if len(self.memo) < self.MEMO:
+                self.memo[host_header] = known
         return known
 
     def _judge(self, host_header: str) -> bool:
@@ -91,35 +104,31 @@ def printable(path: str, limit: int = 200) -> str:
     return cleaned + ("..." if len(path) > limit else "")
 
 
-def guarded(routes: Callable[[], Routes], host_check: HostCheck, metrics: Metrics,
-            peer_uid: Callable[[web.BaseRequest], int | None] = lambda request: None,
-            allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
-            audit: AuditTrail | None = None,
-            role: Callable[[web.BaseRequest], str | None] = lambda request: None,
+def guarded(served: Served, host_check: HostCheck, metrics: Metrics, audit: AuditTrail | None = None,
             now: Callable[[], float] = time.perf_counter) -> Handler:
-    """Wraps a listener's routes with the Host check, the local-user allow-list, metrics, the audit trail, a
-    DEBUG line per request and a last-resort error handler. routes(), allowed_uids() and role() are read per
-    request: a reload changes them (a tightened allow-list applies to the next request of an open connection).
+    """Wraps an endpoint's routes with the Host check, the local-user allow-list, metrics, the audit trail, a
+    DEBUG line per request and a last-resort error handler.
 
     The DEBUG line has the method, the normalised path, the status and the latency: never a header, so no
     IMDSv2 token can reach the log, and the credential documents are never logged either.
     """
 
     observe = metrics.requests.observe
+    hosts = host_check.memo
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(request: GatedRequest) -> web.StreamResponse:
         started = now()
-        uid = peer_uid(request)
         response: web.StreamResponse
-        if not host_check.allows(request.headers.get("Host")):
-            request[LABEL] = ("unknown", "host")
+        # (the memo first: an accepted Host costs one lookup; anything else is judged, or refused, by allows())
+        if not (hosts.get(host := request.headers.get(hdrs.HOST)) or host_check.allows(host)):
+            request.label = HOST_REFUSED
             response = text_response(403, "Forbidden: Host not allowed")
-        elif (allowed := allowed_uids()) is not None and uid not in allowed:
-            request[LABEL] = ("unknown", "uid")
+        elif (allowed := served.allowed) is not None and request.uid not in allowed:
+            request.label = UID_REFUSED
             response = text_response(403, "Forbidden: this local user may not use metadata-proxy")
         else:
             try:
-                answer = routes()(request)
+                answer = served.routes(request)
                 # (the exact-class test first: it is the common answer, and cheaper than isinstance)
                 response = answer if type(answer) is web.Response or isinstance(answer, web.StreamResponse) \
                     else await answer
@@ -127,17 +136,14 @@ def guarded(routes: Callable[[], Routes], host_check: HostCheck, metrics: Metric
                 log.exception("internal error on %s %s", request.method, printable(request.raw_path))
                 response = text_response(500, "Internal Server Error")
         elapsed = now() - started
-        try:
-            route, reason = request[LABEL]
-        except KeyError:  # a path no route claimed
-            route, reason = "unknown", ""
+        route, reason = request.label
         status = response.status
         observe(route, status, elapsed)
         if reason:
             metrics.refused.labels(reason).inc()
-        if (audit is not None and (reason or (status == 200 and route in AUDITED))
-                and (audited_role := role(request)) is not None):
-            audit.record(uid, audited_role, REFUSED if reason else AUDITED[route])
+        if audit is not None and (kind := REFUSED if reason else AUDITED.get(route) if status == 200 else None) \
+                and (audited_role := request.served_role or served.audit_role) is not None:
+            audit.record(request.uid, audited_role, kind)
         if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,

@@ -20,28 +20,26 @@ import platform
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
+from aiohttp.hdrs import istr  # aiohttp's own case-insensitive header name type (multidict's)
 
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import Credentials, RoleSpec, format_time
 from metadata_proxy.refresher import RoleState
+from metadata_proxy.request import GatedRequest
 from metadata_proxy.store import CredentialStore, usable_until
 from metadata_proxy.tokens import TokenAuthority, parse_ttl
 
 TOKEN_PATH = "/latest/api/token"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TOKEN_HEADER = istr("X-aws-ec2-metadata-token")  # istr: a header lookup that needs no case folding
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TTL_ECHO_HEADER = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
 VERSIONED_TOKEN_PATH = re.compile(r"^/[^/]+/api/token$")
 SLASHES = re.compile(r"/{2,}")
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": TEXT}  # cheaper for aiohttp than content_type= on the hot path
-# The request key that labels the access log line and the metrics: (route, reason refused or "").
-LABEL = web.RequestKey("metadata_proxy.label", tuple)
-# The ARN of the role a request was served, where one listener serves several (the transparent endpoint):
-# the audit trail names it instead of the listener's own.
-SERVED_ROLE = web.RequestKey("metadata_proxy.served_role", str)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -126,10 +124,13 @@ def listing(*items: str) -> bytes:
     return "\n".join(items).encode()
 
 
-Fallback = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
+Fallback = Callable[[GatedRequest, str], Awaitable[web.Response]]
+# A path's entry in the table: its label and its body, as bytes when it never changes, else a function
+# that renders it (the credential documents).
+Route = tuple[tuple[str, str], bytes | Callable[[], bytes]]
 
 
-async def not_found(request: web.BaseRequest, path: str) -> web.Response:
+async def not_found(request: GatedRequest, path: str) -> web.Response:
     return text_response(404, "Not Found")
 
 
@@ -143,15 +144,20 @@ class ImdsProtocol:
         self._metrics = metrics
         self._require_token = require_token
         self._fallback = fallback
-        self._routes: dict[str, tuple[tuple[str, str], Callable[[], bytes]]] = {}  # path -> (LABEL value, body)
+        self._routes: dict[str, Route] = {}
+        self.role_arn: str | None = None  # the role served here (a subclass's), for the audit trail
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: GatedRequest) -> web.StreamResponse:
         answer = self.answer(request)
         return answer if isinstance(answer, web.StreamResponse) else await answer
 
-    def answer(self, request: web.BaseRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
+    def answer(self, request: GatedRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
         """The response, at once; only a path for the fallback returns an awaitable (gate.Routes)."""
-        path = normalize_path(request.raw_path)
+        request.served_role = self.role_arn
+        raw = request.raw_path
+        # A path in the table is its own normal form: only the others are normalised (and looked up again).
+        route = self._routes.get(raw)
+        path = raw if route is not None else normalize_path(raw)
         method = request.method
         if method == "PUT":
             return self._put(request, path)
@@ -166,15 +172,14 @@ class ImdsProtocol:
             return refuse(request, "token", 401, "Unauthorized")
         if token is None and self._require_token:
             return refuse(request, "token", 401, "Unauthorized")
-        route = self._routes.get(path)
-        if route is None:
+        if route is None and (route := self._routes.get(path)) is None:
             return self._fallback(request, path)
-        label, render = route
-        request[LABEL] = label
-        return web.Response(body=render(), headers=TEXT_HEADERS)
+        label, body = route
+        request.label = label
+        return web.Response(body=body if type(body) is bytes else body(), headers=TEXT_HEADERS)
 
-    def _put(self, request: web.BaseRequest, path: str) -> web.Response:
-        request[LABEL] = ("token", "")
+    def _put(self, request: GatedRequest, path: str) -> web.Response:
+        request.label = ("token", "")
         if path != TOKEN_PATH:
             if VERSIONED_TOKEN_PATH.match(path):  # §3.1: version-specific token paths are forbidden
                 return refuse(request, "token", 403, "Forbidden")
@@ -229,14 +234,13 @@ class ImdsRoutes(ImdsProtocol):
                 "/latest/dynamic/instance-identity": listing("document"),
                 "/latest/dynamic/instance-identity/document": json.dumps(identity.document(), indent=2).encode(),
             }
-        self._routes = {
-            path: (("role-list" if path.startswith(creds_prefix) else "metadata", ""), lambda body=body: body)
-            for path, body in static.items()}
-        self._routes[f"{creds_prefix}/{name}"] = (("credentials", ""), lambda: self._credentials(extended=False))
+        self._routes = {path: (("role-list" if path.startswith(creds_prefix) else "metadata", ""), body)
+                        for path, body in static.items()}
+        self._routes[f"{creds_prefix}/{name}"] = (("credentials", ""), partial(self._credentials, False))
         self._routes[f"{creds_prefix}-extended/{name}"] = (("credentials-extended", ""),
-                                                           lambda: self._credentials(extended=True))
+                                                           partial(self._credentials, True))
 
-    def _credentials(self, *, extended: bool) -> bytes:
+    def _credentials(self, extended: bool) -> bytes:
         """Both documents are rendered once per refresh; until the store changes or they reach the store's
         cut-off, a request only compares a counter and a time."""
         rendered = self._rendered
@@ -250,10 +254,10 @@ class ImdsRoutes(ImdsProtocol):
         return rendered.extended if extended else rendered.legacy
 
 
-def refuse(request: web.BaseRequest, reason: str, status: int, text: str,
+def refuse(request: GatedRequest, reason: str, status: int, text: str,
            headers: dict[str, str] | None = None) -> web.Response:
     """A refusal, marked on the request so the access log and the refused-requests metric see its reason."""
-    request[LABEL] = (request.get(LABEL, ("unknown", ""))[0], reason)
+    request.label = (request.label[0], reason)
     return text_response(status, text, headers)
 
 

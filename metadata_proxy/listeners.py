@@ -24,11 +24,11 @@ from metadata_proxy.config import RoleConfig
 from metadata_proxy.connections import ACCEPT_BATCH, MAX_CONNECTIONS, ConnectionTable, descriptor_budget
 from metadata_proxy.errors import StartupError
 from metadata_proxy.gate import Handler, HostCheck, Routes, guarded
-from metadata_proxy.imds import SERVED_ROLE
 from metadata_proxy.logs import Throttle, ThrottleFilter
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
 from metadata_proxy.peercred import describe, socket_uid
+from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
 protocol_log = logging.getLogger("metadata_proxy.http")  # what aiohttp says about requests it could not parse
@@ -92,7 +92,10 @@ def shared_connections() -> ConnectionTable:
 
 class GatedRequestHandler(RequestHandler):
     """aiohttp's connection protocol, asking its server whether to keep a connection before it reads from it:
-    a refused connection is closed before aiohttp starts anything for it, so nothing is left to fail later."""
+    a refused connection is closed before aiohttp starts anything for it, so nothing is left to fail later.
+    It holds the uid of its peer, decided then, for each of its requests."""
+
+    peer_uid: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager
@@ -112,18 +115,18 @@ class TrackedServer(web.Server):
     """aiohttp's low-level server that decides, when a connection is accepted, whose it is and whether to keep
     it: the peer's uid is looked up once (and forgotten with the connection, so a reused port is looked up
     afresh), a uid outside the allow-list is closed at once, and the rest take a place in the connection table.
+    Its requests are GatedRequests that carry their connection's uid.
     """
 
     def __init__(self, handler: Handler, connections: ConnectionTable | int,
                  allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
                  on_refused: Callable[[int | None], None] = lambda uid: None,
                  uid_of: Callable[[socket.socket | None], int | None] = socket_uid, **kwargs: object) -> None:
-        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        super().__init__(handler, request_factory=self._request, **kwargs)  # type: ignore[arg-type]
         self._table = connections if isinstance(connections, ConnectionTable) else ConnectionTable(connections)
         self._allowed_uids = allowed_uids
         self._on_refused = on_refused
         self._uid_of = uid_of
-        self._uids: dict[object, int | None] = {}
         self._throttle = Throttle()
 
     def __call__(self) -> RequestHandler:
@@ -146,22 +149,17 @@ class TrackedServer(web.Server):
                         f" ({held} more since the last line)" if held else "")
         if victim is not None:
             victim.force_close()  # type: ignore[attr-defined]
-        if admitted:
-            self._uids[handler] = uid
+        handler.peer_uid = uid  # type: ignore[attr-defined]  # a GatedRequestHandler (__call__)
         return admitted
 
     def connection_lost(self, handler, exc) -> None:  # type: ignore[no-untyped-def]
-        self._uids.pop(handler, None)
         self._table.remove(handler)
         super().connection_lost(handler, exc)
 
-    def peer_uid(self, request: web.BaseRequest) -> int | None:
-        """The uid of the connection's peer, as decided when it was accepted (None: undeterminable)."""
-        return self._uids.get(request.protocol)
-
-
-async def not_yet(request: web.BaseRequest) -> web.StreamResponse:
-    raise AssertionError("the gate is in place before the endpoint serves")
+    def _request(self, message, payload, protocol, writer, task) -> GatedRequest:  # type: ignore[no-untyped-def]
+        request = GatedRequest(message, payload, protocol, writer, task, self._loop)
+        request.uid = protocol.peer_uid
+        return request
 
 
 class Endpoint:
@@ -171,13 +169,10 @@ class Endpoint:
         self.sock = sock
         self.url = url
         self.routes: Routes | None = None
+        self.allowed: frozenset[int] | None = None  # who may connect (None: everyone), set with the routes
         self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
         self._audit_timer: asyncio.Task[None] | None = None
-        self._server: TrackedServer | None = None
-
-    def _routes(self) -> Routes:
-        return self.routes  # type: ignore[return-value]  # set before the endpoint starts
 
     @property
     def port(self) -> int:
@@ -188,14 +183,8 @@ class Endpoint:
         """The role its audit records of refused connections name; None: the role depends on the request."""
         return None
 
-    def served_role(self, request: web.BaseRequest) -> str | None:
-        """The role a request was served (its audit record's); None: nothing here is audited (admin)."""
-        return request.get(SERVED_ROLE)
-
-    async def start(self, host_check: HostCheck, metrics: Metrics,
-                    allowed_uids: Callable[[], frozenset[int] | None] = lambda: None,
-                    hop_limit: int | None = None, audit_interval: Callable[[], float] = lambda: DEFAULT_INTERVAL,
-                    ) -> None:
+    async def start(self, host_check: HostCheck, metrics: Metrics, hop_limit: int | None = None,
+                    audit_interval: Callable[[], float] = lambda: DEFAULT_INTERVAL) -> None:
         if hop_limit is not None:  # accepted sockets inherit it from the listening one (Linux)
             if self.sock.family == socket.AF_INET6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
@@ -207,11 +196,9 @@ class Endpoint:
             if (role := self.audit_role) is not None:
                 self.audit.record(uid, role, REFUSED)
 
-        server = self._server = TrackedServer(not_yet, shared_connections(), allowed_uids, refused,
-                                              access_log=None, logger=protocol_log, **HTTP_LIMITS)
-        # The gate needs the server's peer_uid, so it is made second and handed over before anything is served.
-        server.request_handler = guarded(self._routes, host_check, metrics, server.peer_uid, allowed_uids,
-                                         self.audit, self.served_role)
+        gate = guarded(self, host_check, metrics, self.audit)  # type: ignore[arg-type]  # routes are set by now
+        server = TrackedServer(gate, shared_connections(), lambda: self.allowed, refused, access_log=None,
+                               logger=protocol_log, **HTTP_LIMITS)
         self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
@@ -219,11 +206,6 @@ class Endpoint:
         # that batch is kept small (the descriptor budget counts it), then the kernel's queue is made long.
         await web.SockSite(self._runner, self.sock, backlog=ACCEPT_BATCH).start()
         self.sock.listen(BACKLOG)
-
-    def peer_uid(self, request: web.BaseRequest) -> int | None:
-        """The local uid of the request's connection (for routes that pick a role by user)."""
-        assert self._server is not None, "requests arrive only once the endpoint has started"
-        return self._server.peer_uid(request)
 
     async def close(self) -> None:
         """Stops accepting, lets in-flight requests finish, closes the socket, writes the pending audit records."""
@@ -244,14 +226,10 @@ class Listener(Endpoint):
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
-        self.allowed: frozenset[int] | None = None  # who may connect (None: everyone), set with the routes
 
     @property
     def audit_role(self) -> str | None:
         return self.role.role_arn
-
-    def served_role(self, request: web.BaseRequest) -> str | None:
-        return self.role.role_arn  # one role per listener: nothing to look up
 
     @property
     def exports(self) -> list[tuple[str, str]]:

@@ -42,9 +42,6 @@ class Metrics:
         self.requests = RequestTally()
         r.register(self.requests)
 
-    def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.observe(route, status, seconds)
-
     def record_assume_role(self, state: RoleState, seconds: float) -> None:
         """The refresher's outcome hook."""
         role = state.spec.role_arn
@@ -58,36 +55,49 @@ class Metrics:
         self.registry.register(RefresherCollector(refresher, now))
 
 
+class RouteTally:
+    """One route's requests: a count per status, a count per latency bucket (the last one +Inf), their sum."""
+
+    __slots__ = ("buckets", "seconds", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(REQUEST_BUCKETS) + 1)
+        self.seconds = 0.0
+
+
 class RequestTally(Collector):
     """Requests by route and status, and their latency by route, kept as plain numbers between scrapes."""
 
+    FIRST_BUCKET = REQUEST_BUCKETS[0]
+
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
-        self._buckets: dict[str, list[int]] = {}  # per route: one count per bucket, the last one +Inf
-        self._sums: dict[str, float] = {}
+        self._routes: dict[str, RouteTally] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        buckets = self._buckets.get(route)
-        if buckets is None:
-            buckets = self._buckets[route] = [0] * (len(REQUEST_BUCKETS) + 1)
-            self._sums[route] = 0.0
-        buckets[bisect_left(REQUEST_BUCKETS, seconds)] += 1
-        self._sums[route] += seconds
+        tally = self._routes.get(route)
+        if tally is None:
+            tally = self._routes[route] = RouteTally()
+        statuses = tally.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        # (almost every answer falls in the first bucket: one comparison instead of a search)
+        tally.buckets[0 if seconds <= self.FIRST_BUCKET else bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        tally.seconds += seconds
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        routes = sorted(self._routes.items())
         requests = CounterMetricFamily("metadata_proxy_requests", "HTTP requests answered, by route and status",
                                        labels=["route", "status"])
-        for (route, status), count in sorted(self._counts.items()):
-            requests.add_metric([route, str(status)], count)
+        for route, tally in routes:
+            for status, count in sorted(tally.statuses.items()):
+                requests.add_metric([route, str(status)], count)
         yield requests
         latency = HistogramMetricFamily("metadata_proxy_request_duration_seconds",
                                         "Time to answer a request, by route", labels=["route"])
-        for route, buckets in sorted(self._buckets.items()):
-            cumulative = list(accumulate(buckets))
-            bounds = [*(str(bound) for bound in REQUEST_BUCKETS), "+Inf"]
-            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), self._sums[route])
+        bounds = [*(str(bound) for bound in REQUEST_BUCKETS), "+Inf"]
+        for route, tally in routes:
+            cumulative = list(accumulate(tally.buckets))
+            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), tally.seconds)
         yield latency
 
 

@@ -22,8 +22,9 @@ import aiohttp
 import cachetools
 from aiohttp import web
 
-from metadata_proxy.imds import LABEL, TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, text_response
+from metadata_proxy.imds import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, text_response
 from metadata_proxy.intercept import IMDS_V4
+from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
 
@@ -58,9 +59,9 @@ class RealImds:
         self._token_lock = asyncio.Lock()
         self._cache: cachetools.LRUCache[str, tuple[int, bytes, str]] = cachetools.LRUCache(CACHED_PATHS)
 
-    async def __call__(self, request: web.BaseRequest, path: str) -> web.Response:
+    async def __call__(self, request: GatedRequest, path: str) -> web.Response:
         """The fallback of the transparent endpoint's IMDS routes (the IMDSv2 token is already checked)."""
-        request[LABEL] = ("passthrough", "")
+        request.label = ("passthrough", "")
         if not forwardable(path):
             return text_response(404, "Not Found")
         try:

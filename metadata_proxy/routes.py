@@ -20,7 +20,6 @@ from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.container import ContainerRoutes
 from metadata_proxy.gate import Handler, Routes
 from metadata_proxy.imds import (
-    SERVED_ROLE,
     Fallback,
     ImdsProtocol,
     ImdsRoutes,
@@ -31,6 +30,7 @@ from metadata_proxy.imds import (
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
 from metadata_proxy.refresher import RoleState
+from metadata_proxy.request import GatedRequest
 from metadata_proxy.store import CredentialStore
 from metadata_proxy.tokens import TokenAuthority
 
@@ -73,7 +73,7 @@ def role_routes(shared: Shared, config: ServeConfig, role: RoleConfig, spec: Rol
 
 
 def with_container_route(path: str, container: Handler, imds: Routes) -> Routes:
-    def answer(request: web.BaseRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
+    def answer(request: GatedRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
         return container(request) if normalize_path(request.raw_path) == path else imds(request)
 
     return answer
@@ -85,25 +85,21 @@ class ByUser:
     there is no default or its uid cannot be determined. The map is built with the routes; a request does
     one dict lookup on the connection's uid."""
 
-    def __init__(self, by_uid: Mapping[int, ImdsRoutes], default: ImdsRoutes | None, no_role: Handler,
-                 peer_uid: Callable[[web.BaseRequest], int | None]) -> None:
+    def __init__(self, by_uid: Mapping[int, ImdsRoutes], default: ImdsRoutes | None, no_role: Handler) -> None:
         self._by_uid = by_uid
         self._default = default
         self._no_role = no_role
-        self._peer_uid = peer_uid
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        uid = self._peer_uid(request)
+    async def __call__(self, request: GatedRequest) -> web.StreamResponse:
+        uid = request.uid
         routes = None if uid is None else self._by_uid.get(uid, self._default)
         if routes is None:
             return await self._no_role(request)
-        request[SERVED_ROLE] = routes.role_arn
         return await routes(request)
 
 
 def transparent_routes(shared: Shared, config: ServeConfig, served: Iterable[tuple[RoleConfig, RoleSpec, RoleState]],
-                       passthrough: Fallback, peer_uid: Callable[[web.BaseRequest], int | None],
-                       members: Callable[[int], Iterable[int]]) -> ByUser:
+                       passthrough: Fallback, members: Callable[[int], Iterable[int]]) -> ByUser:
     """A role listing a uid in `users` wins over one whose `groups` include it (members(gid) says who)."""
     no_role = ImdsProtocol(shared.tokens, shared.metrics, require_token=not config.allow_imdsv1, fallback=passthrough)
     default: ImdsRoutes | None = None
@@ -117,4 +113,4 @@ def transparent_routes(shared: Shared, config: ServeConfig, served: Iterable[tup
         for gid in role.groups:
             for uid in members(gid):
                 by_group.setdefault(uid, routes)
-    return ByUser(by_group | by_user, default, no_role, peer_uid)
+    return ByUser(by_group | by_user, default, no_role)

@@ -40,7 +40,7 @@ class TokenAuthority:
     def __init__(self, time: Callable[[], float], key: bytes | None = None) -> None:
         self._time = time
         self._key = key or secrets.token_bytes(32)
-        self._verified: dict[str, int] = {}  # token -> expiry (ms) of tokens whose MAC checked out
+        self._verified: dict[str | None, float] = {}  # token -> expiry (Unix time) of tokens whose MAC checked out
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_SIZE]
@@ -51,17 +51,14 @@ class TokenAuthority:
         return base64.urlsafe_b64encode(payload + self._mac(payload)).decode("ascii")
 
     def verify(self, token: str | None) -> bool:
-        if token is None or len(token) != TOKEN_LENGTH:
-            return False
-        expires_ms = self._verified.get(token)
-        if expires_ms is None:
-            expires_ms = self._check(token)
-            if expires_ms is None:
+        expires = self._verified.get(token)  # the common case: a token seen before (None never is)
+        if expires is None:
+            if token is None or len(token) != TOKEN_LENGTH or (expires_ms := self._check(token)) is None:
                 return False
             if len(self._verified) >= VERIFIED_MEMO:  # only genuine tokens get here: a flood just resets it
                 self._verified.clear()
-            self._verified[token] = expires_ms
-        return self._time() * 1000 < expires_ms
+            expires = self._verified[token] = expires_ms / 1000
+        return self._time() < expires
 
     @property
     def remembered(self) -> int:

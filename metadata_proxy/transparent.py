@@ -17,7 +17,7 @@ import grp
 import logging
 import os
 import pwd
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from metadata_proxy.addresses import endpoint_url
 from metadata_proxy.config import ServeConfig
@@ -84,13 +84,12 @@ class TransparentEndpoint:
         roles = [(listener.role, listener.spec, states[listener.spec]) for listener in listeners
                  if listener.spec is not None]
         for endpoint in self.endpoints:
-            endpoint.routes = transparent_routes(self._shared, config, roles, self.real_imds, endpoint.peer_uid,
-                                                 group_members)
+            endpoint.allowed = config.allowed_uids
+            endpoint.routes = transparent_routes(self._shared, config, roles, self.real_imds, group_members)
 
-    async def start(self, metrics: Metrics, allowed_uids: Callable[[], frozenset[int] | None]) -> None:
+    async def start(self, metrics: Metrics) -> None:
         for endpoint in self.endpoints:
-            await endpoint.start(HostCheck(str(endpoint.sock.getsockname()[0]), also=(IMDS_V4, IMDS_V6)), metrics,
-                                 allowed_uids)
+            await endpoint.start(HostCheck(str(endpoint.sock.getsockname()[0]), also=(IMDS_V4, IMDS_V6)), metrics)
             log.info("transparent endpoint on %s (answering for %s and [%s])", endpoint.url, IMDS_V4, IMDS_V6)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from types import SimpleNamespace
 
 import atheris
 
@@ -25,6 +26,7 @@ with atheris.instrument_imports():
     from metadata_proxy.metrics import Metrics
     from metadata_proxy.model import Credentials, RoleSpec
     from metadata_proxy.refresher import RoleState
+    from metadata_proxy.request import UNCLAIMED
     from metadata_proxy.routes import with_container_route
     from metadata_proxy.store import CredentialStore
     from metadata_proxy.tokens import TokenAuthority
@@ -51,8 +53,8 @@ ROUTES = with_container_route(container_path("role-01"),
                               ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN),
                               ImdsRoutes(SPEC, STATE, CACHE, TOKENS, IDENTITY, METRICS, require_token=True,
                                          now=CLOCK.time))
-GATE = guarded(lambda: ROUTES, HostCheck("127.0.0.1"), METRICS, audit=AuditTrail(),
-               role=lambda request: SPEC.role_arn)
+GATE = guarded(SimpleNamespace(routes=ROUTES, allowed=None, audit_role=SPEC.role_arn), HostCheck("127.0.0.1"),
+               METRICS, audit=AuditTrail())
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"]
 HEADERS = ["Host", "X-aws-ec2-metadata-token", "X-aws-ec2-metadata-token-ttl-seconds", "X-Forwarded-For",
            "Authorization", "Accept"]
@@ -85,6 +87,7 @@ def test_one(data: bytes) -> None:
         request = make_mocked_request(method, path, headers=headers)
     except (ValueError, UnicodeError):
         return  # not a request aiohttp's parser would ever produce
+    request.uid, request.label, request.served_role = None, UNCLAIMED, None  # what a GatedRequest starts with
     response = run(GATE(request))
     assert response.status < 500, (method, path, response.status)
     body = response.body or b""

@@ -230,19 +230,17 @@ async def test_a_tightened_allow_list_applies_to_the_next_request_of_an_open_con
     """The allow-list is read at accept and again per request: after a reload drops this uid (the list now
     holds only the uid next to it), the connection it already has gets 403."""
     me = os.geteuid()
-    allowed = {me}
     endpoint = Endpoint(bind_socket("127.0.0.1", 0), "http://127.0.0.1/")
 
     async def hello(request: web.BaseRequest) -> web.Response:
         return web.Response(text="hi")
 
-    endpoint.routes = hello
-    await endpoint.start(HostCheck("127.0.0.1"), Metrics(), lambda: frozenset(allowed))
+    endpoint.routes, endpoint.allowed = hello, frozenset({me})
+    await endpoint.start(HostCheck("127.0.0.1"), Metrics())
     try:
         reader, writer = await connect(endpoint.port)
         assert (await ask(reader, writer)).startswith(b"HTTP/1.1 200")
-        allowed.clear()
-        allowed.add(me + 1)
+        endpoint.allowed = frozenset({me + 1})  # what a reload does
         assert (await ask(reader, writer)).startswith(b"HTTP/1.1 403")
         writer.close()
     finally:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -26,6 +27,7 @@ from metadata_proxy.store import CredentialStore
 from metadata_proxy.sts import StsError
 from tests.conftest import World, launch
 from tests.support.fakeclock import FakeClock
+from tests.support.gated import GatedTestServer
 from tests.support.http import request
 from tests.support.processes import BOTO3_PROBE, JS_DIR, ROLE_01_SESSION, DaemonProcess, aws, client_env, node, run
 from tests.support.users import NOBODY, needs_root, reachable_dir, unused_gids
@@ -161,14 +163,15 @@ class Route:
 
 
 @pytest.fixture
-async def route(aiohttp_raw_server, aiohttp_client) -> Route:
+async def route(aiohttp_client) -> Route:
     clock = FakeClock(NOW)
     store = CredentialStore(clock)
     state = RoleState(SPEC)
     metrics = Metrics()
     routes = ContainerRoutes(SPEC, state, store, SECRET)
-    server = await aiohttp_raw_server(guarded(lambda: routes, HostCheck("127.0.0.1"), metrics))
-    return Route(await aiohttp_client(server), store, state, metrics)
+    served = SimpleNamespace(routes=routes, allowed=None, audit_role=None)
+    return Route(await aiohttp_client(GatedTestServer(guarded(served, HostCheck("127.0.0.1"), metrics))), store, state,
+                 metrics)
 
 
 async def test_in_process_the_exact_token_gets_the_document_and_a_refresh_replaces_it(route: Route) -> None:

@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestClient
 
 from metadata_proxy.audit import AuditTrail
 from metadata_proxy.gate import HostCheck, guarded, printable
-from metadata_proxy.imds import LABEL
 from metadata_proxy.logs import JsonFormatter
 from metadata_proxy.metrics import Metrics
+from metadata_proxy.request import GatedRequest
+from tests.support.gated import GatedTestServer
 
 ROLE = "arn:aws:iam::111111111111:role/role-01"
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -94,14 +95,19 @@ def test_past_the_memo_every_name_is_still_judged() -> None:
 
 @dataclass
 class Gate:
-    client: TestClient
+    """The endpoint the gate reads (its routes, allow-list and role) and what the gate leaves behind."""
+
+    routes: Callable[[GatedRequest], object]
     metrics: Metrics
     audit: AuditTrail
     allowed: set[int] | None
     uid: int | None  # the peer's uid as the listener determined it
+    audit_role: str | None = ROLE
+    client: TestClient | None = None
 
     async def get(self, path: str = "/latest/meta-data/", host: str | None = None) -> tuple[int, str]:
         headers = {"Host": host} if host is not None else {}
+        assert self.client is not None
         async with self.client.get(path, headers=headers) as reply:
             return reply.status, await reply.text()
 
@@ -116,31 +122,24 @@ def ticking(latency: float) -> Callable[[], float]:
 
 
 @pytest.fixture
-async def gate(aiohttp_raw_server, aiohttp_client) -> Callable[..., object]:
-    async def make(route: Callable[[web.BaseRequest], object], allowed: set[int] | None = None,
-                   uid: int | None = 1000, latency: float = 0.0025,
-                   role: Callable[[web.BaseRequest], str | None] = lambda request: ROLE) -> Gate:
-        state = Gate(None, Metrics(), AuditTrail(lambda: START), allowed, uid)  # type: ignore[arg-type]
-
-        def peer_uid(request: web.BaseRequest) -> int | None:  # as the listener knows it: from the request
-            assert request.remote == "127.0.0.1"
-            return state.uid
-
-        handler = guarded(lambda: route, HostCheck("127.0.0.1"), state.metrics, peer_uid,
-                          lambda: None if state.allowed is None else frozenset(state.allowed),
-                          state.audit, role, ticking(latency))
-        state.client = await aiohttp_client(await aiohttp_raw_server(handler))
+async def gate(aiohttp_client) -> Callable[..., object]:
+    async def make(route: Callable[[GatedRequest], object], allowed: set[int] | None = None,
+                   uid: int | None = 1000, latency: float = 0.0025) -> Gate:
+        state = Gate(route, Metrics(), AuditTrail(lambda: START), allowed, uid)
+        handler = guarded(state, HostCheck("127.0.0.1"), state.metrics, state.audit,  # type: ignore[arg-type]
+                          ticking(latency))
+        state.client = await aiohttp_client(GatedTestServer(handler, lambda: state.uid))
         return state
 
     return make
 
 
-async def credentials(request: web.BaseRequest) -> web.Response:
-    request[LABEL] = ("credentials", "")
+async def credentials(request: GatedRequest) -> web.Response:
+    request.label = ("credentials", "")
     return web.Response(text="the credentials")
 
 
-async def unclaimed(request: web.BaseRequest) -> web.Response:
+async def unclaimed(request: GatedRequest) -> web.Response:
     return web.Response(status=404, text="Not Found")
 
 
@@ -193,8 +192,8 @@ async def test_refusals_and_tokens_are_audited_with_their_uid_and_the_role(gate,
     await served.get()
     await served.get(host="attacker.example")
 
-    async def token(request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("token", "")
+    async def token(request: GatedRequest) -> web.Response:
+        request.label = ("token", "")
         return web.Response(text="a token")
 
     tokens = await gate(token, uid=1001)
@@ -207,9 +206,16 @@ async def test_refusals_and_tokens_are_audited_with_their_uid_and_the_role(gate,
 
 
 async def test_each_request_is_audited_under_the_role_it_got(gate, audited) -> None:
-    """The transparent endpoint serves several roles through one listener: the role is asked per request."""
+    """The transparent endpoint serves several roles through one listener: the route says which one it served;
+    a request no route names a role for is audited under the endpoint's."""
     other = "arn:aws:iam::111111111111:role/other"
-    served = await gate(credentials, role=lambda request: other if request.path == "/other" else ROLE)
+
+    async def either(request: GatedRequest) -> web.Response:
+        if request.path == "/other":
+            request.served_role = other
+        return await credentials(request)
+
+    served = await gate(either)
     await served.get("/other")
     await served.get("/mine")
     assert audited() == [(1000, other, "imds-credentials", 1), (1000, ROLE, "imds-credentials", 1)]
@@ -222,8 +228,8 @@ class Answer(web.Response):
 @pytest.mark.parametrize("answer", [lambda: web.Response(text="at once"), lambda: Answer(text="at once")],
                          ids=["response", "subclass"])
 async def test_a_route_may_answer_without_awaiting(gate, answer) -> None:
-    def at_once(request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("metadata", "")
+    def at_once(request: GatedRequest) -> web.Response:
+        request.label = ("metadata", "")
         return answer()
 
     served = await gate(at_once)
@@ -231,12 +237,12 @@ async def test_a_route_may_answer_without_awaiting(gate, answer) -> None:
 
 
 async def test_only_a_handout_or_a_refusal_is_audited(gate, audited) -> None:
-    async def metadata(request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("metadata", "")
+    async def metadata(request: GatedRequest) -> web.Response:
+        request.label = ("metadata", "")
         return web.Response(text="i-0123456789abcdef0")
 
-    async def no_credentials(request: web.BaseRequest) -> web.Response:
-        request[LABEL] = ("credentials", "")
+    async def no_credentials(request: GatedRequest) -> web.Response:
+        request.label = ("credentials", "")
         return web.Response(status=503, text="no valid credentials")
 
     for route, answer in ((unclaimed, (404, "Not Found")), (metadata, (200, "i-0123456789abcdef0")),
@@ -248,7 +254,7 @@ async def test_only_a_handout_or_a_refusal_is_audited(gate, audited) -> None:
 
 
 async def test_a_route_that_raises_is_a_500_and_one_line_without_the_query(gate, caplog) -> None:
-    async def broken(request: web.BaseRequest) -> web.Response:
+    async def broken(request: GatedRequest) -> web.Response:
         raise RuntimeError("a bug")
 
     served = await gate(broken)
