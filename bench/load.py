@@ -18,9 +18,12 @@ HEADLINE_CONNECTIONS = 32
 
 def _side_by_side(ours: Target, theirs: Target, connections: int, seconds: float,
                   headers: dict[str, str] | None = None) -> dict:
-    """One window: both servers loaded at once; the product's figures and the baseline's."""
-    mine, other = run_together([wrk_command(ours.url, connections, seconds, {**ours.headers, **(headers or {})}),
-                                wrk_command(theirs.url, connections, seconds, {**theirs.headers, **(headers or {})})])
+    """One window: both servers loaded at once; the product's figures and the baseline's. Both get the same
+    request, the product's IMDSv2 token header included (a baseline ignores it but parses it, as the product
+    does): otherwise the comparison would include parsing a shorter request."""
+    request = {**ours.headers, **(headers or {})}
+    mine, other = run_together([wrk_command(ours.url, connections, seconds, request),
+                                wrk_command(theirs.url, connections, seconds, {**request, **theirs.headers})])
     return {"connections": connections, "product_run": ours.run, "baseline_run": theirs.run,
             "product_rps": mine["rps"], "baseline_rps": other["rps"],
             "ratio": mine["rps"] / other["rps"] if other["rps"] else None,

@@ -32,7 +32,9 @@ each server got while sharing its CPU with the other. The runner, moto and the f
 
 The product runs with its **default flags** (IMDSv2 tokens required, Host check, metrics, the default log
 level, its log written to a file), plus only what it needs to find the role and STS, and `--event-loop`
-naming the loop under test. Each event loop is compared with baselines on **the same loop**:
+naming the loop under test. Every server under comparison gets the same request, the product's IMDSv2 token
+header included (a baseline ignores it, but parses it as the product does). Each event loop is compared with
+baselines on **the same loop**:
 - **aiohttp `web.Application`**: a bare handler returning the same bytes (the framework ceiling);
 - **aiohttp `web.Server`**: aiohttp's low-level server with one handler returning the same bytes, what
   metadata-proxy is built on, so the ceiling for it;
