@@ -48,7 +48,6 @@ class ContainerRoutes:
 
     async def __call__(self, request: GatedRequest) -> web.Response:
         request.label = ("container", "")
-        request.served_role = self._spec.role_arn
         if request.method not in ("GET", "HEAD"):
             request.label = ("container", "method")
             return error_response(405, "MethodNotAllowed", "use GET", {"Allow": "GET, HEAD"})

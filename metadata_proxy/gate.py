@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from aiohttp import hdrs, web
@@ -115,6 +116,7 @@ def guarded(served: Served, host_check: HostCheck, metrics: Metrics, audit: Audi
 
     observe = metrics.requests.observe
     hosts = host_check.memo
+    debug = partial(access_log.isEnabledFor, logging.DEBUG)
 
     async def handle(request: GatedRequest) -> web.StreamResponse:
         started = now()
@@ -144,7 +146,7 @@ def guarded(served: Served, host_check: HostCheck, metrics: Metrics, audit: Audi
         if audit is not None and (kind := REFUSED if reason else AUDITED.get(route) if status == 200 else None) \
                 and (audited_role := request.served_role or served.audit_role) is not None:
             audit.record(request.uid, audited_role, kind)
-        if access_log.isEnabledFor(logging.DEBUG):  # building the line costs more than the request otherwise
+        if debug():  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
                             elapsed * 1000, extra={"event": "request", "remote": request.remote,

@@ -146,7 +146,6 @@ class ImdsProtocol:
         self._require_token = require_token
         self._fallback = fallback
         self._routes: dict[str, Route] = {}
-        self.role_arn: str | None = None  # the role served here (a subclass's), for the audit trail
 
     async def __call__(self, request: GatedRequest) -> web.StreamResponse:
         answer = self.answer(request)
@@ -154,7 +153,6 @@ class ImdsProtocol:
 
     def answer(self, request: GatedRequest) -> web.StreamResponse | Awaitable[web.StreamResponse]:
         """The response, at once; only a path for the fallback returns an awaitable (gate.Routes)."""
-        request.served_role = self.role_arn
         raw = request.raw_path
         # A path in the table is its own normal form: only the others are normalised (and looked up again).
         route = self._routes.get(raw)

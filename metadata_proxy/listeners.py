@@ -170,6 +170,9 @@ class Endpoint:
         self.url = url
         self.routes: Routes | None = None
         self.allowed: frozenset[int] | None = None  # who may connect (None: everyone), set with the routes
+        # The role its audit records name when no route says which one it served (refused connections, the
+        # gate's refusals); None: the role depends on the request.
+        self.audit_role: str | None = None
         self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
         self._audit_timer: asyncio.Task[None] | None = None
@@ -177,11 +180,6 @@ class Endpoint:
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
-
-    @property
-    def audit_role(self) -> str | None:
-        """The role its audit records of refused connections name; None: the role depends on the request."""
-        return None
 
     async def start(self, host_check: HostCheck, metrics: Metrics, hop_limit: int | None = None,
                     audit_interval: Callable[[], float] = lambda: DEFAULT_INTERVAL) -> None:
@@ -223,13 +221,10 @@ class Listener(Endpoint):
     def __init__(self, role: RoleConfig, sock: socket.socket, url: str) -> None:
         super().__init__(sock, url)
         self.role = role
+        self.audit_role = role.role_arn  # one role per listener (kept with the role by install_routes)
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
-
-    @property
-    def audit_role(self) -> str | None:
-        return self.role.role_arn
 
     @property
     def exports(self) -> list[tuple[str, str]]:

@@ -19,5 +19,6 @@ class GatedRequest(web.BaseRequest):
     uid: int | None = None
     # (route, reason it was refused or "") for the metrics, the audit trail and the DEBUG line.
     label: tuple[str, str] = UNCLAIMED
-    # The ARN of the role the request was answered for (its audit record's role); None: no role's.
+    # The ARN of the role the request was answered for, where one endpoint serves several roles (transparent
+    # mode): its audit record names it instead of the endpoint's own (None: the endpoint's).
     served_role: str | None = None

@@ -95,6 +95,7 @@ class ByUser:
         routes = None if uid is None else self._by_uid.get(uid, self._default)
         if routes is None:
             return await self._no_role(request)
+        request.served_role = routes.role_arn  # the audit trail names it, not the endpoint's (it has none)
         return await routes(request)
 
 
