@@ -44,7 +44,7 @@ def settings(args: argparse.Namespace) -> dict:
     # the loop `serve` picks by default (uvloop when installed), for the measurements that need only one
     default = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return {"smoke": smoke, "loops": loops, "single_loop": default if default in loops else loops[0],
-            "repeats": args.repeats or (1 if smoke else 3), "seconds": args.seconds or (1 if smoke else 5),
+            "repeats": args.repeats or (1 if smoke else 5), "seconds": args.seconds or (1 if smoke else 5),
             "connections": [load.HEADLINE_CONNECTIONS] if smoke else [1, 8, load.HEADLINE_CONNECTIONS, 128],
             "idle_connections": args.idle_connections or (1_000 if smoke else 10_000),
             "flood_seconds": 2 if smoke else 10,
@@ -81,7 +81,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="every measurement once and tiny (CI)")
     parser.add_argument("--loop", choices=[*LOOPS, "both"], default="both", help="event loop(s) to measure")
     parser.add_argument("--out", type=Path, default=None, help="result folder (default bench-results/<time>)")
-    parser.add_argument("--repeats", type=int, default=None, help="windows per measurement (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="windows per measurement (default 5)")
     parser.add_argument("--seconds", type=float, default=None, help="length of one window (default 5)")
     parser.add_argument("--idle-connections", type=int, default=None,
                         help="idle connections in the socket table for the --allow-uid run (default 10000)")
