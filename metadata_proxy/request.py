@@ -14,7 +14,6 @@ UNCLAIMED = ("unknown", "")  # the label of a request no route claimed
 
 
 class GatedRequest(web.BaseRequest):
-    ATTRS = web.BaseRequest.ATTRS | frozenset({"uid", "label", "served_role"})
     # The local uid of the connection's peer, decided when the connection was accepted (None: undeterminable).
     uid: int | None = None
     # (route, reason it was refused or "") for the metrics, the audit trail and the DEBUG line.
