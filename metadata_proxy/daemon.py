@@ -217,7 +217,7 @@ class Daemon:
         owners = frozenset(role.users).union(*map(group_members, role.groups)) if role.mapped else None
         allowed = self.config.allowed_uids
         listener.allowed = allowed if owners is None else owners if allowed is None else allowed & owners
-        listener.audit_role = role.role_arn
+        listener.audit_role = role.role_arn  # its one role, set with the routes as a reload may change it
         listener.routes = role_routes(self._shared, self.config, listener.role, listener.spec,
                                       self.refresher.states[listener.spec], listener.token)
 

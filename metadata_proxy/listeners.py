@@ -221,7 +221,6 @@ class Listener(Endpoint):
     def __init__(self, role: RoleConfig, sock: socket.socket, url: str) -> None:
         super().__init__(sock, url)
         self.role = role
-        self.audit_role = role.role_arn  # one role per listener (kept with the role by install_routes)
         self.spec: RoleSpec | None = None
         self.token_file: str | None = None
         self.token: str | None = None
