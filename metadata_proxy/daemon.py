@@ -25,10 +25,12 @@ import boto3
 
 from metadata_proxy.addresses import endpoint_url, loopback_for
 from metadata_proxy.admin import AdminRoutes
+from metadata_proxy.audit import AuditTrail
 from metadata_proxy.clock import Clock, SystemClock
 from metadata_proxy.config import RoleConfig, ServeConfig
 from metadata_proxy.errors import PermanentStartupError, StartupError
 from metadata_proxy.gate import HostCheck
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.listeners import Endpoint, Listener, bind_socket
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import Credentials, RoleSpec, format_time, region_of
@@ -57,7 +59,9 @@ class Daemon:
         self.load_config = load_config
         self.environ: MutableMapping[str, str] = os.environ  # what boto3 reads for the source credentials
         self.stop_requested = asyncio.Event()
-        self.metrics = Metrics()
+        self.ledger = Ledger()  # every request answered, read by the metrics and the audit trail
+        self.metrics = Metrics(self.ledger)
+        self.audit = AuditTrail(self.ledger)
         self.notifier = notifier or Notifier(os.environ)
         self.refresher: Refresher | None = None
         self.listeners: list[Listener] = []
@@ -100,6 +104,8 @@ class Daemon:
                 return
             beating = asyncio.create_task(heartbeat(self.notifier, self._beat))
             stack.callback(beating.cancel)
+            auditing = asyncio.create_task(self.audit.run(lambda: self.config.audit_interval))
+            stack.callback(auditing.cancel)
             self.notifier.send("READY=1", f"STATUS={self.status()}")
             on_ready(self.listeners)
             await self._main_loop()
@@ -154,10 +160,10 @@ class Daemon:
             await self.serve(listener)
         if self.transparent is not None:
             self.transparent.route(config, self.listeners, self.refresher.states)
-            await self.transparent.start(self.metrics)
+            await self.transparent.start(self.ledger)
         if self.admin is not None:
             self.admin.routes = AdminRoutes(self.metrics, self.refresher, self.clock.time, lambda: self.last_heartbeat)
-            await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.metrics)
+            await self.admin.start(HostCheck(self.admin.sock.getsockname()[0]), self.ledger)
             log.info("admin listener on %s: /metrics /healthz /readyz", self.admin.url)
         if hint := proxy_hint(self.environ):
             log.warning("%s", hint)
@@ -181,6 +187,7 @@ class Daemon:
             await self.transparent.close()
         if self.refresher is not None:
             await self.refresher.stop()
+        self.audit.flush()  # what the listeners answered since the last record, now that they are closed
 
 
     async def wait_unless_stopped(self, awaitable: Awaitable[T]) -> T:
@@ -223,8 +230,7 @@ class Daemon:
 
     async def serve(self, listener: Listener) -> None:
         self.install_routes(listener)
-        await listener.start(HostCheck(self.config.host), self.metrics, self.config.hop_limit,
-                             lambda: self.config.audit_interval)
+        await listener.start(HostCheck(self.config.host), self.ledger, self.config.hop_limit)
         assert listener.spec is not None
         if not ipaddress.ip_address(self.config.host).is_loopback:
             log.warning("listening on non-loopback %s: every host that reaches it can take %s's credentials",

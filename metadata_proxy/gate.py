@@ -3,8 +3,9 @@
 1. the Host check (DNS-rebinding defence: the Host header must name this listener);
 2. the local-user gate (with an allow-list, only the listed uids; an undeterminable peer is denied);
 3. the route, behind a last-resort error handler (a bug answers 500, never ends the daemon);
-4. accounting: the metrics, the audit trail (who got which role's credentials or tokens, or was refused;
-   audit.py) and, at DEBUG, a line per request. None of them holds a header (so no token) nor a body.
+4. accounting: one entry of the ledger per request, which the metrics and the audit trail (who got which role's
+   credentials or tokens, or was refused; audit.py) read, and at DEBUG a line per request. None of them holds a
+   header (so no token) nor a body.
 """
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
+from logging import DEBUG
 from typing import Protocol
 
 from aiohttp import hdrs, web
 
-from metadata_proxy.audit import CONTAINER_CREDENTIALS, IMDS_CREDENTIALS, REFUSED, TOKEN, AuditTrail
 from metadata_proxy.imds import normalize_path, text_response
-from metadata_proxy.metrics import Metrics
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
 access_log = logging.getLogger("metadata_proxy.access")
-# The routes the audit trail counts when they answer 200; every refusal is counted as REFUSED.
-AUDITED = {"credentials": IMDS_CREDENTIALS, "credentials-extended": IMDS_CREDENTIALS,
-           "container": CONTAINER_CREDENTIALS, "token": TOKEN}
 
 Handler = Callable[[GatedRequest], Awaitable[web.StreamResponse]]
 # What a listener's routes are: a handler, or a function that answers at once when it can (a response) and
@@ -105,18 +102,19 @@ def printable(path: str, limit: int = 200) -> str:
     return cleaned + ("..." if len(path) > limit else "")
 
 
-def guarded(served: Served, host_check: HostCheck, metrics: Metrics, audit: AuditTrail | None = None,
+def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callable[[], float] = time.time,
             now: Callable[[], float] = time.perf_counter) -> Handler:
-    """Wraps an endpoint's routes with the Host check, the local-user allow-list, metrics, the audit trail, a
-    DEBUG line per request and a last-resort error handler.
+    """Wraps an endpoint's routes with the Host check, the local-user allow-list, the ledger (which the metrics
+    and the audit trail read), a DEBUG line per request and a last-resort error handler.
 
-    The DEBUG line has the method, the normalised path, the status and the latency: never a header, so no
-    IMDSv2 token can reach the log, and the credential documents are never logged either.
+    `clock` gives the Unix time the audit trail reports, `now` the latency. The DEBUG line has the method, the
+    normalised path, the status and the latency: never a header, so no IMDSv2 token can reach the log, and the
+    credential documents are never logged either.
     """
 
-    observe = metrics.requests.observe
     hosts = host_check.memo
-    debug = partial(access_log.isEnabledFor, logging.DEBUG)
+    entries = ledger.entries
+    enabled = access_log.isEnabledFor
 
     async def handle(request: GatedRequest) -> web.StreamResponse:
         started = now()
@@ -137,21 +135,20 @@ def guarded(served: Served, host_check: HostCheck, metrics: Metrics, audit: Audi
             except Exception:
                 log.exception("internal error on %s %s", request.method, printable(request.raw_path))
                 response = text_response(500, "Internal Server Error")
+        moment = clock()
         elapsed = now() - started
-        route, reason = request.label
-        status = response.status
-        observe(route, status, elapsed)
-        if reason:
-            metrics.refused.labels(reason).inc()
-        if audit is not None and (kind := REFUSED if reason else AUDITED.get(route) if status == 200 else None) \
-                and (audited_role := request.served_role or served.audit_role) is not None:
-            audit.record(request.uid, audited_role, kind)
-        if debug():  # building the line costs more than the request otherwise
+        # (inline rather than ledger.add: a method call is a noticeable part of what the accounting costs)
+        key = (request.label, response.status, request.uid, request.served_role or served.audit_role)
+        if (entry := entries.get(key)) is None:
+            ledger.open(key, moment, elapsed)
+        else:
+            entry.add(moment, elapsed)
+        if enabled(DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
                             elapsed * 1000, extra={"event": "request", "remote": request.remote,
                                                    "method": request.method, "path": path, "status": response.status,
-                                                   "latency_ms": round(elapsed * 1000, 3), "route": route})
+                                                   "latency_ms": round(elapsed * 1000, 3), "route": key[0][0]})
         return response
 
     return handle

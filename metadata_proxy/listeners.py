@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable, Hashable
 
 from aiohttp import web
@@ -19,13 +20,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from metadata_proxy.addresses import container_path
-from metadata_proxy.audit import DEFAULT_INTERVAL, REFUSED, AuditTrail
 from metadata_proxy.config import RoleConfig
 from metadata_proxy.connections import ACCEPT_BATCH, MAX_CONNECTIONS, ConnectionTable, descriptor_budget
 from metadata_proxy.errors import StartupError
-from metadata_proxy.gate import Handler, HostCheck, Routes, guarded
+from metadata_proxy.gate import UID_REFUSED, Handler, HostCheck, Routes, guarded
+from metadata_proxy.ledger import CONNECTION, Ledger
 from metadata_proxy.logs import Throttle, ThrottleFilter
-from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
 from metadata_proxy.peercred import describe, socket_uid
 from metadata_proxy.request import GatedRequest
@@ -173,16 +173,13 @@ class Endpoint:
         # The role its audit records name when no route says which one it served (refused connections, the
         # gate's refusals); None: the role depends on the request.
         self.audit_role: str | None = None
-        self.audit = AuditTrail()
         self._runner: web.ServerRunner | None = None
-        self._audit_timer: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
-    async def start(self, host_check: HostCheck, metrics: Metrics, hop_limit: int | None = None,
-                    audit_interval: Callable[[], float] = lambda: DEFAULT_INTERVAL) -> None:
+    async def start(self, host_check: HostCheck, ledger: Ledger, hop_limit: int | None = None) -> None:
         if hop_limit is not None:  # accepted sockets inherit it from the listening one (Linux)
             if self.sock.family == socket.AF_INET6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
@@ -190,14 +187,11 @@ class Endpoint:
                 self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hop_limit)
 
         def refused(uid: int | None) -> None:
-            metrics.refused.labels("uid").inc()
-            if (role := self.audit_role) is not None:
-                self.audit.record(uid, role, REFUSED)
+            ledger.add((UID_REFUSED, CONNECTION, uid, self.audit_role), time.time(), 0.0)
 
-        gate = guarded(self, host_check, metrics, self.audit)  # type: ignore[arg-type]  # routes are set by now
+        gate = guarded(self, host_check, ledger)  # type: ignore[arg-type]  # routes are set by now
         server = TrackedServer(gate, shared_connections(), lambda: self.allowed, refused, access_log=None,
                                logger=protocol_log, **HTTP_LIMITS)
-        self._audit_timer = asyncio.create_task(self.audit.run(audit_interval))
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         # asyncio uses its backlog argument as the number of connections accepted in one turn of the loop too;
@@ -206,13 +200,10 @@ class Endpoint:
         self.sock.listen(BACKLOG)
 
     async def close(self) -> None:
-        """Stops accepting, lets in-flight requests finish, closes the socket, writes the pending audit records."""
+        """Stops accepting, lets in-flight requests finish, closes the socket."""
         if self._runner is not None:
             await self._runner.cleanup()
         self.sock.close()
-        if self._audit_timer is not None:
-            self._audit_timer.cancel()
-        self.audit.flush()
 
 
 class Listener(Endpoint):

@@ -1,15 +1,14 @@
 """Prometheus metrics (prometheus-client), in a registry of the daemon's own.
 
 AssumeRole outcomes and tokens are prometheus_client counters and histograms, updated where they happen.
-The per-request counter and latency histogram are the hot path, so requests are tallied in plain
-integers on the event loop (no lock, no label lookup) and handed to prometheus_client as metric families
-when it scrapes. The per-role gauges (seconds until the served credentials expire, time of the last
+Requests are the hot path: the gate adds each one to the ledger (ledger.py) in plain numbers on the event loop
+(no lock, no label lookup), and the requests, their latency and the refusals are summed from it into metric
+families when Prometheus scrapes. The per-role gauges (seconds until the served credentials expire, time of the last
 successful refresh) and the refreshes in flight are read from the refresher's state at scrape time.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import accumulate
 
@@ -17,18 +16,16 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from metadata_proxy.ledger import BUCKETS, CONNECTION, Ledger
 from metadata_proxy.refresher import Refresher, RoleState
 
-REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.refused = Counter("metadata_proxy_requests_refused",
-                               "Requests refused, by reason (host, uid, token, method)", ["reason"], registry=r)
         self.tokens_issued = Counter("metadata_proxy_imds_tokens_issued", "IMDSv2 tokens issued", registry=r)
         self.tokens_rejected = Counter("metadata_proxy_imds_tokens_rejected",
                                        "IMDSv2 tokens presented that were invalid or expired", registry=r)
@@ -39,8 +36,7 @@ class Metrics:
                                              "Time an AssumeRole call took, by role", ["role"],
                                              buckets=STS_BUCKETS, registry=r)
 
-        self.requests = RequestTally()
-        r.register(self.requests)
+        r.register(RequestCollector(ledger))
 
     def record_assume_role(self, state: RoleState, seconds: float) -> None:
         """The refresher's outcome hook."""
@@ -55,50 +51,40 @@ class Metrics:
         self.registry.register(RefresherCollector(refresher, now))
 
 
-class RouteTally:
-    """One route's requests: a count per status, a count per latency bucket (the last one +Inf), their sum."""
+class RequestCollector(Collector):
+    """Requests by route and status, their latency by route, and refusals by reason, summed from the ledger."""
 
-    __slots__ = ("buckets", "seconds", "statuses")
-
-    def __init__(self) -> None:
-        self.statuses: dict[int, int] = {}
-        self.buckets = [0] * (len(REQUEST_BUCKETS) + 1)
-        self.seconds = 0.0
-
-
-class RequestTally(Collector):
-    """Requests by route and status, and their latency by route, kept as plain numbers between scrapes."""
-
-    FIRST_BUCKET = REQUEST_BUCKETS[0]
-
-    def __init__(self) -> None:
-        self._routes: dict[str, RouteTally] = {}
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        tally = self._routes.get(route)
-        if tally is None:
-            tally = self._routes[route] = RouteTally()
-        statuses = tally.statuses
-        statuses[status] = statuses.get(status, 0) + 1
-        # (almost every answer falls in the first bucket: one comparison instead of a search)
-        tally.buckets[0 if seconds <= self.FIRST_BUCKET else bisect_left(REQUEST_BUCKETS, seconds)] += 1
-        tally.seconds += seconds
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-        routes = sorted(self._routes.items())
+        answered: dict[tuple[str, int], int] = {}
+        latency: dict[str, tuple[list[int], float]] = {}
+        refused: dict[str, int] = {}
+        for ((route, reason), status, _uid, _role), entry in list(self._ledger.entries.items()):
+            if reason:
+                refused[reason] = refused.get(reason, 0) + entry.count
+            if status is CONNECTION:  # refused when it connected: no request was answered
+                continue
+            answered[route, status] = answered.get((route, status), 0) + entry.count
+            buckets, seconds = latency.get(route) or ([0] * (len(BUCKETS) + 1), 0.0)
+            latency[route] = ([a + b for a, b in zip(buckets, entry.buckets(), strict=True)], seconds + entry.seconds)
         requests = CounterMetricFamily("metadata_proxy_requests", "HTTP requests answered, by route and status",
                                        labels=["route", "status"])
-        for route, tally in routes:
-            for status, count in sorted(tally.statuses.items()):
-                requests.add_metric([route, str(status)], count)
+        for (route, status), count in sorted(answered.items()):
+            requests.add_metric([route, str(status)], count)
         yield requests
-        latency = HistogramMetricFamily("metadata_proxy_request_duration_seconds",
-                                        "Time to answer a request, by route", labels=["route"])
-        bounds = [*(str(bound) for bound in REQUEST_BUCKETS), "+Inf"]
-        for route, tally in routes:
-            cumulative = list(accumulate(tally.buckets))
-            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), tally.seconds)
-        yield latency
+        histogram = HistogramMetricFamily("metadata_proxy_request_duration_seconds",
+                                          "Time to answer a request, by route", labels=["route"])
+        bounds = [*(str(bound) for bound in BUCKETS), "+Inf"]
+        for route, (buckets, seconds) in sorted(latency.items()):
+            histogram.add_metric([route], list(zip(bounds, accumulate(buckets), strict=True)), seconds)
+        yield histogram
+        refusals = CounterMetricFamily("metadata_proxy_requests_refused",
+                                       "Requests refused, by reason (host, uid, token, method)", labels=["reason"])
+        for reason, count in sorted(refused.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
 
 
 class RefresherCollector(Collector):

@@ -24,8 +24,8 @@ from metadata_proxy.config import ServeConfig
 from metadata_proxy.errors import ConfigError, StartupError
 from metadata_proxy.gate import HostCheck
 from metadata_proxy.intercept import IMDS_V4, IMDS_V6, apply, may_write_rules, removal, ruleset
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.listeners import Endpoint, Listener, bind_socket
-from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import RoleSpec
 from metadata_proxy.passthrough import RealImds
 from metadata_proxy.refresher import RoleState
@@ -87,9 +87,9 @@ class TransparentEndpoint:
             endpoint.allowed = config.allowed_uids
             endpoint.routes = transparent_routes(self._shared, config, roles, self.real_imds, group_members)
 
-    async def start(self, metrics: Metrics) -> None:
+    async def start(self, ledger: Ledger) -> None:
         for endpoint in self.endpoints:
-            await endpoint.start(HostCheck(str(endpoint.sock.getsockname()[0]), also=(IMDS_V4, IMDS_V6)), metrics)
+            await endpoint.start(HostCheck(str(endpoint.sock.getsockname()[0]), also=(IMDS_V4, IMDS_V6)), ledger)
             log.info("transparent endpoint on %s (answering for %s and [%s])", endpoint.url, IMDS_V4, IMDS_V6)
 
     async def close(self) -> None:

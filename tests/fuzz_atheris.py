@@ -23,6 +23,7 @@ with atheris.instrument_imports():
     from metadata_proxy.container import ContainerRoutes
     from metadata_proxy.gate import HostCheck, guarded
     from metadata_proxy.imds import ImdsRoutes, InstanceIdentity
+    from metadata_proxy.ledger import Ledger
     from metadata_proxy.metrics import Metrics
     from metadata_proxy.model import Credentials, RoleSpec
     from metadata_proxy.refresher import RoleState
@@ -46,15 +47,17 @@ CACHE.put(SPEC, Credentials("ASIAFUZZ", SECRET, "fuzz-session-token", time.time(
 TOKENS = TokenAuthority(CLOCK.time)
 VALID = TOKENS.issue(21600)
 CONTAINER_TOKEN = "fuzz-container-token-0123456789"
-METRICS = Metrics()
+LEDGER = Ledger()
+METRICS = Metrics(LEDGER)
 IDENTITY = InstanceIdentity("i-0123456789abcdef0", "us-east-1", "us-east-1a", "111111110001", time.time())
 STATE = RoleState(SPEC)
 ROUTES = with_container_route(container_path("role-01"),
                               ContainerRoutes(SPEC, STATE, CACHE, CONTAINER_TOKEN),
                               ImdsRoutes(SPEC, STATE, CACHE, TOKENS, IDENTITY, METRICS, require_token=True,
                                          now=CLOCK.time))
+AUDIT = AuditTrail(LEDGER)
 GATE = guarded(SimpleNamespace(routes=ROUTES, allowed=None, audit_role=SPEC.role_arn), HostCheck("127.0.0.1"),
-               METRICS, audit=AuditTrail())
+               LEDGER)
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"]
 HEADERS = ["Host", "X-aws-ec2-metadata-token", "X-aws-ec2-metadata-token-ttl-seconds", "X-Forwarded-For",
            "Authorization", "Accept"]
@@ -89,6 +92,7 @@ def test_one(data: bytes) -> None:
         return  # not a request aiohttp's parser would ever produce
     request.uid, request.label, request.served_role = None, UNCLAIMED, None  # what a GatedRequest starts with
     response = run(GATE(request))
+    AUDIT.flush()  # what the trail writes of the ledger the gate just added to
     assert response.status < 500, (method, path, response.status)
     body = response.body or b""
     if SECRET.encode() in body:

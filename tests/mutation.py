@@ -32,6 +32,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "container": ("tests/test_container.py",),
     "tokenfile": ("tests/test_tokenfile.py",),
     "gate": ("tests/test_gate.py", "tests/test_connections.py"),
+    "ledger": ("tests/test_ledger.py", "tests/test_gate.py", "tests/test_audit.py"),
+    "audit": ("tests/test_audit.py", "tests/test_gate.py"),
     "connections": ("tests/test_connections.py",),
     "refresher": ("tests/test_refresher.py",),
     "store": ("tests/test_refresher.py",),

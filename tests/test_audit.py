@@ -14,6 +14,7 @@ import pytest
 
 from metadata_proxy import scenario
 from metadata_proxy.audit import AuditTrail
+from metadata_proxy.ledger import Key, Ledger
 from metadata_proxy.logs import JsonFormatter
 from tests.conftest import World, launch
 from tests.support.http import get, request, token
@@ -24,12 +25,28 @@ START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 CREDS = "/latest/meta-data/iam/security-credentials/role-01"
 
 
-class Clock:
+# What the gate adds to the ledger for each kind of request the trail reports.
+LABELS = {"token": (("token", ""), 200), "imds-credentials": (("credentials", ""), 200),
+          "imds-credentials-extended": (("credentials-extended", ""), 200),
+          "container-credentials": (("container", ""), 200), "refused": (("unknown", "host"), 403),
+          "refused-token": (("credentials", "token"), 401), "refused-connection": (("unknown", "uid"), None)}
+
+
+class Trail:
+    """An audit trail on a ledger, and the requests a gate would add to it, at the time the test sets."""
+
     def __init__(self) -> None:
         self.now = START
+        self.ledger = Ledger()
+        self.trail = AuditTrail(self.ledger)
 
-    def __call__(self) -> float:
-        return self.now
+    def record(self, uid: int | None, role: str | None, kind: str, seconds: float = 0.0002) -> None:
+        label, status = LABELS[kind]
+        key: Key = (label, status, uid, role)
+        self.ledger.add(key, self.now, seconds)
+
+    def flush(self) -> None:
+        self.trail.flush()
 
 
 def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -47,8 +64,7 @@ def captured(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def test_counts_are_exact_and_the_first_handout_is_written_at_once(captured: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    trail = AuditTrail(clock)
+    trail = clock = Trail()
     trail.record(1000, ROLE, "token")
     trail.record(1000, ROLE, "imds-credentials")
     assert [fields(r) for r in audit_records(captured)] == [  # at once, before any interval has passed
@@ -88,7 +104,7 @@ def user(uid: int) -> str:
 
 
 def test_a_flood_is_a_handful_of_records(captured: pytest.LogCaptureFixture) -> None:
-    trail = AuditTrail(Clock())
+    trail = Trail()
     for _ in range(5000):
         trail.record(1000, ROLE, "imds-credentials")
         trail.record(65534, ROLE, "refused")
@@ -98,7 +114,7 @@ def test_a_flood_is_a_handful_of_records(captured: pytest.LogCaptureFixture) -> 
 
 
 def test_text_and_json_formats(captured: pytest.LogCaptureFixture) -> None:
-    trail = AuditTrail(Clock())
+    trail = Trail()
     trail.record(0, ROLE, "imds-credentials")
     trail.record(None, ROLE, "refused")
     trail.record(None, ROLE, "refused")
@@ -117,7 +133,7 @@ def test_text_and_json_formats(captured: pytest.LogCaptureFixture) -> None:
 
 async def test_a_timer_flushes_each_interval_not_each_request(captured: pytest.LogCaptureFixture) -> None:
     """The timer sleeps interval() seconds (read each time, so a reload can change it), then writes what is pending."""
-    trail = AuditTrail(Clock())
+    trail = Trail()
     asked: list[float] = []
     tick: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
 
@@ -128,7 +144,7 @@ async def test_a_timer_flushes_each_interval_not_each_request(captured: pytest.L
         await wake
 
     intervals = iter([60.0, 5.0, 5.0])
-    timer = asyncio.create_task(trail.run(lambda: next(intervals), sleep))
+    timer = asyncio.create_task(trail.trail.run(lambda: next(intervals), sleep))
     try:
         (await tick.get()).set_result(None)  # the first interval passes with nothing pending
         trail.record(1000, ROLE, "token")
@@ -186,3 +202,27 @@ def test_a_daemon_writes_the_trail_and_no_line_per_request(world: World, tmp_pat
                 assert rest.startswith(scenario.ROLE_01_ARN + ", ")
                 totals[route] = totals.get(route, 0) + int(rest.split(", ")[1].split()[0])
     assert totals == {"token": 3, "imds-credentials": 300, "container-credentials": 1, "refused": 3}
+
+
+def test_one_record_per_user_role_and_kind_whatever_the_route_or_reason(captured: pytest.LogCaptureFixture) -> None:
+    """Both IMDS credential documents are one kind; a refused Host, a refused token and a refused connection are
+    one kind; a request no role was served for (the admin listener's, say) is not audited at all."""
+    trail = Trail()
+    trail.record(1000, ROLE, "imds-credentials")  # the first handout, at once
+    trail.now = START + 10
+    trail.record(1000, ROLE, "imds-credentials-extended")
+    trail.now = START + 20
+    trail.record(1000, ROLE, "imds-credentials")
+    trail.record(1001, ROLE, "refused-connection")
+    trail.now = START + 5  # the wall clock stepped back: first and last are still the earliest and the latest
+    trail.record(1001, ROLE, "refused")
+    trail.now = START + 30
+    trail.record(1001, ROLE, "refused-token")
+    trail.record(1000, None, "imds-credentials")
+    trail.record(1000, None, "refused")
+    trail.flush()
+    assert [(r.uid, r.route, r.count, r.first, r.last) for r in audit_records(captured)] == [
+        (1000, "imds-credentials", 1, "2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z"),
+        (1000, "imds-credentials", 2, "2027-01-15T08:00:10Z", "2027-01-15T08:00:20Z"),
+        (1001, "refused", 3, "2027-01-15T08:00:05Z", "2027-01-15T08:00:30Z"),
+    ]

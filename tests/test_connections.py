@@ -20,8 +20,8 @@ from aiohttp import web
 
 from metadata_proxy.connections import ConnectionTable, descriptor_budget
 from metadata_proxy.gate import HostCheck
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.listeners import Endpoint, TrackedServer, bind_socket
-from metadata_proxy.metrics import Metrics
 
 BY_ADDRESS = {"127.0.0.1": 1001, "127.0.0.2": 1002, "127.0.0.3": 2000}
 ANSWER_TIMEOUT = 30  # a safety net: a refused connection is closed at once, a served one answers at once
@@ -236,7 +236,7 @@ async def test_a_tightened_allow_list_applies_to_the_next_request_of_an_open_con
         return web.Response(text="hi")
 
     endpoint.routes, endpoint.allowed = hello, frozenset({me})
-    await endpoint.start(HostCheck("127.0.0.1"), Metrics())
+    await endpoint.start(HostCheck("127.0.0.1"), Ledger())
     try:
         reader, writer = await connect(endpoint.port)
         assert (await ask(reader, writer)).startswith(b"HTTP/1.1 200")

@@ -20,6 +20,7 @@ from metadata_proxy import scenario
 from metadata_proxy.container import ContainerRoutes
 from metadata_proxy.demo import listing_rows
 from metadata_proxy.gate import HostCheck, guarded
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.model import Credentials, RoleSpec
 from metadata_proxy.refresher import RoleState
@@ -167,10 +168,11 @@ async def route(aiohttp_client) -> Route:
     clock = FakeClock(NOW)
     store = CredentialStore(clock)
     state = RoleState(SPEC)
-    metrics = Metrics()
+    ledger = Ledger()
+    metrics = Metrics(ledger)
     routes = ContainerRoutes(SPEC, state, store, SECRET)
     served = SimpleNamespace(routes=routes, allowed=None, audit_role=None)
-    return Route(await aiohttp_client(GatedTestServer(guarded(served, HostCheck("127.0.0.1"), metrics))), store, state,
+    return Route(await aiohttp_client(GatedTestServer(guarded(served, HostCheck("127.0.0.1"), ledger))), store, state,
                  metrics)
 
 

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from metadata_proxy.audit import AuditTrail
 from metadata_proxy.gate import HostCheck, guarded, printable
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.logs import JsonFormatter
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.request import GatedRequest
@@ -125,8 +126,9 @@ def ticking(latency: float) -> Callable[[], float]:
 async def gate(aiohttp_client) -> Callable[..., object]:
     async def make(route: Callable[[GatedRequest], object], allowed: set[int] | None = None,
                    uid: int | None = 1000, latency: float = 0.0025) -> Gate:
-        state = Gate(route, Metrics(), AuditTrail(lambda: START), allowed, uid)
-        handler = guarded(state, HostCheck("127.0.0.1"), state.metrics, state.audit,  # type: ignore[arg-type]
+        ledger = Ledger()
+        state = Gate(route, Metrics(ledger), AuditTrail(ledger), allowed, uid)
+        handler = guarded(state, HostCheck("127.0.0.1"), ledger, lambda: START,  # type: ignore[arg-type]
                           ticking(latency))
         state.client = await aiohttp_client(GatedTestServer(handler, lambda: state.uid))
         return state
@@ -175,6 +177,22 @@ async def test_the_allow_list_decides_per_request(gate, allowed: set[int] | None
     assert served.counted("metadata_proxy_requests_refused_total", reason="uid") == (status == 403)
     assert served.counted("metadata_proxy_requests_total", route="unknown" if status == 403 else "credentials",
                           status=str(status)) == 1
+
+
+@pytest.mark.parametrize(("latency", "bucket"), [(0.0002, "0.0005"), (0.0007, "0.001"), (0.002, "0.0025"),
+                                               (0.03, "0.05"), (0.9, "1.0"), (2.0, "+Inf")])
+async def test_the_latency_histogram_puts_each_answer_in_its_bucket(gate, latency: float, bucket: str) -> None:
+    served = await gate(credentials, latency=latency)
+    for _ in range(3):
+        assert (await served.get())[0] == 200
+    bounds = ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "+Inf"]
+    below = bounds[:bounds.index(bucket)]
+    for bound in bounds:
+        assert served.counted("metadata_proxy_request_duration_seconds_bucket", route="credentials", le=bound) == \
+            (0 if bound in below else 3), bound
+    assert served.counted("metadata_proxy_request_duration_seconds_count", route="credentials") == 3
+    assert served.counted("metadata_proxy_request_duration_seconds_sum", route="credentials") == \
+        pytest.approx(3 * latency)
 
 
 async def test_a_tightened_allow_list_applies_to_the_next_request(gate) -> None:
