@@ -117,19 +117,20 @@ class Gate:
 
 
 def ticking(latency: float) -> Callable[[], float]:
-    """A latency clock: each request starts at a whole second (from 1000 s on) and takes `latency` seconds."""
-    readings = iter(value for second in range(1000, 2000) for value in (second, second + latency))
+    """A latency clock: each request starts at 0 s and takes exactly `latency` seconds (no rounding, so that a
+    latency on a bucket's bound lands on that bound)."""
+    readings = iter(value for _ in range(1000) for value in (0.0, latency))
     return lambda: next(readings)
 
 
 @pytest.fixture
 async def gate(aiohttp_client) -> Callable[..., object]:
     async def make(route: Callable[[GatedRequest], object], allowed: set[int] | None = None,
-                   uid: int | None = 1000, latency: float = 0.0025) -> Gate:
+                   uid: int | None = 1000, latency: float = 0.0025,
+                   clock: Callable[[], float] = lambda: START) -> Gate:
         ledger = Ledger()
         state = Gate(route, Metrics(ledger), AuditTrail(ledger), allowed, uid)
-        handler = guarded(state, HostCheck("127.0.0.1"), ledger, lambda: START,  # type: ignore[arg-type]
-                          ticking(latency))
+        handler = guarded(state, HostCheck("127.0.0.1"), ledger, clock, ticking(latency))  # type: ignore[arg-type]
         state.client = await aiohttp_client(GatedTestServer(handler, lambda: state.uid))
         return state
 
@@ -179,9 +180,12 @@ async def test_the_allow_list_decides_per_request(gate, allowed: set[int] | None
                           status=str(status)) == 1
 
 
-@pytest.mark.parametrize(("latency", "bucket"), [(0.0002, "0.0005"), (0.0007, "0.001"), (0.002, "0.0025"),
-                                               (0.03, "0.05"), (0.9, "1.0"), (2.0, "+Inf")])
+@pytest.mark.parametrize(("latency", "bucket"), [(0.0002, "0.0005"), (0.0005, "0.0005"), (0.0007, "0.001"),
+                                               (0.002, "0.0025"), (0.03, "0.05"), (0.9, "1.0"), (1.0, "1.0"),
+                                               (2.0, "+Inf")])
 async def test_the_latency_histogram_puts_each_answer_in_its_bucket(gate, latency: float, bucket: str) -> None:
+    """A bucket holds the answers up to and including its bound (0.5 ms is in the first, 1 s in the last but +Inf).
+    The first request of a route adds a new ledger entry, the next two update it: both paths land alike."""
     served = await gate(credentials, latency=latency)
     for _ in range(3):
         assert (await served.get())[0] == 200
@@ -237,6 +241,26 @@ async def test_each_request_is_audited_under_the_role_it_got(gate, audited) -> N
     await served.get("/other")
     await served.get("/mine")
     assert audited() == [(1000, other, "imds-credentials", 1), (1000, ROLE, "imds-credentials", 1)]
+
+
+async def test_the_audit_trail_has_the_time_of_the_first_and_last_request_of_each_interval(gate, caplog) -> None:
+    """The first request of a key opens its ledger entry (written at once: the first handout); the later ones
+    update that entry in place, and the next record spans exactly them."""
+    caplog.set_level(logging.INFO, logger="metadata_proxy.audit")
+    seconds = iter(range(10))
+    served = await gate(credentials, clock=lambda: START + next(seconds))
+
+    def written() -> list[tuple[object, ...]]:
+        return [(r.route, r.count, r.first, r.last) for r in caplog.records if getattr(r, "event", None) == "audit"]
+
+    for _ in range(3):
+        assert (await served.get())[0] == 200
+    served.audit.flush()
+    assert written() == [("imds-credentials", 1, "2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z"),
+                         ("imds-credentials", 2, "2027-01-15T08:00:01Z", "2027-01-15T08:00:02Z")]
+    assert (await served.get())[0] == 200  # the next interval: only what came after the last record
+    served.audit.flush()
+    assert written()[2:] == [("imds-credentials", 1, "2027-01-15T08:00:03Z", "2027-01-15T08:00:03Z")]
 
 
 class Answer(web.Response):
