@@ -94,6 +94,11 @@ def test_counts_are_exact_and_the_first_handout_is_written_at_once(captured: pyt
     assert len(audit_records(captured)) == 6
     trail.record(1000, ROLE, "imds-credentials")  # no longer the first: waits for the interval
     assert len(audit_records(captured)) == 6
+    clock.now = START + 60
+    trail.record(1000, ROLE, "imds-credentials")
+    trail.flush()  # the next interval: only what is new since the last record
+    assert [(r.route, r.count, r.first, r.last) for r in audit_records(captured)[6:]] == [
+        ("imds-credentials", 2, "2027-01-15T08:00:04Z", "2027-01-15T08:01:00Z")]
 
 
 def user(uid: int) -> str:
@@ -111,6 +116,19 @@ def test_a_flood_is_a_handful_of_records(captured: pytest.LogCaptureFixture) -> 
     trail.flush()
     counts = sorted((r.route, r.count) for r in audit_records(captured))
     assert counts == [("imds-credentials", 1), ("imds-credentials", 4999), ("refused", 5000)]
+
+
+def test_past_4096_users_and_roles_a_first_handout_waits_for_the_interval(captured: pytest.LogCaptureFixture) -> None:
+    """Who already had credentials is remembered for at most 4096 (uid, role) pairs: the 4096th new reader is
+    still written at once, the 4097th with the rest at the interval."""
+    trail = Trail()
+    for uid in range(100_000, 104_096):
+        trail.record(uid, ROLE, "imds-credentials")
+    assert len(audit_records(captured)) == 4096
+    trail.record(200_000, ROLE, "imds-credentials")
+    assert len(audit_records(captured)) == 4096
+    trail.flush()
+    assert [(r.uid, r.route, r.count) for r in audit_records(captured)[4096:]] == [(200_000, "imds-credentials", 1)]
 
 
 def test_text_and_json_formats(captured: pytest.LogCaptureFixture) -> None:
