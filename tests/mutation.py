@@ -60,6 +60,8 @@ GENERATION = ("readers compare the store's generation for change only: any start
               "gives a new value each time, serve the same documents")
 HOST_MEMO = ("only the memo of judged Host values is bypassed (a judged Host remembered as None reads as never "
              "judged, by the gate and by allows()): every Host is judged again, with the same answer")
+FIRST_ADD = ("the value `last` starts with is never read: an entry is made only by Ledger.open, which adds its "
+             "first request at once and so sets `last` to that request's time")
 HEADER_CASE = "HTTP header names are case-insensitive (aiohttp's CIMultiDict, and every client)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "tokens.xǁTokenAuthorityǁ__init____mutmut_4": ("secrets.token_bytes(None)", RANDOM_LENGTH + " (the same key size)"),
@@ -104,7 +106,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         '[connection] = ""', "the per-uid dict is an ordered set: its values are never read"),
     "gate.x__split_host__mutmut_5": (
         'rpartition("]")', "with two ']' either split leaves one in the address or in the port, and both are refused"),
-    "gate.x_guarded__mutmut_43": (
+    "gate.x_guarded__mutmut_39": (
         "type(None) is web.Response", "only the exact-class shortcut is lost: isinstance(answer, web.StreamResponse) "
         "then answers for a web.Response as well"),
     "gate.xǁHostCheckǁ_judge__mutmut_12": (
@@ -113,6 +115,17 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "len(self.memo) <= self.MEMO", "257 entries remembered instead of 256 (the one for a request without Host "
         "among them): a bound on memory either way"),
     "gate.xǁHostCheckǁallows__mutmut_8": ("self.memo[host_header] = None", HOST_MEMO),
+    "ledger.xǁEntryǁ__init____mutmut_11": ("self.last = None", FIRST_ADD),
+    "ledger.xǁEntryǁ__init____mutmut_12": ("self.last = 1.0", FIRST_ADD),
+    "ledger.xǁLedgerǁ__init____mutmut_3": (
+        "lambda key, entry: 0", "what the default hook returns: Ledger.open calls it for its effect and never reads "
+        "the result"),
+    "audit.xǁAuditTrailǁ_new__mutmut_11": (
+        "role is not None or entry.first is not None", "an assertion that holds either way: kind() gives no handout "
+        "for a request without a role, and the entry has just had its first request, so both sides are true"),
+    "audit.xǁAuditTrailǁ_new__mutmut_29": (
+        "entry.count + entry.reported", "a new entry has had nothing written yet (reported is 0): count + 0 and "
+        "count - 0 are the same count"),
     "container.xǁContainerRoutesǁ__call____mutmut_31": ('{"allow": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_32": ('{"ALLOW": "GET, HEAD"}', HEADER_CASE),
     "container.xǁContainerRoutesǁ__call____mutmut_38": ('headers.get("authorization")', HEADER_CASE),
