@@ -117,9 +117,10 @@ class Gate:
 
 
 def ticking(latency: float) -> Callable[[], float]:
-    """A latency clock: each request starts at 0 s and takes exactly `latency` seconds (no rounding, so that a
-    latency on a bucket's bound lands on that bound)."""
-    readings = iter(value for _ in range(1000) for value in (0.0, latency))
+    """A latency clock: each request starts at `latency` seconds and ends at twice that, so it takes exactly
+    `latency` seconds (a float minus one at least half its size is exact), and a latency on a bucket's bound
+    lands on that bound. A non-zero start tells a difference from a sum."""
+    readings = iter(value for _ in range(1000) for value in (latency, 2 * latency))
     return lambda: next(readings)
 
 
