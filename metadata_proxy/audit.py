@@ -62,7 +62,7 @@ class AuditTrail:
         if what in HANDOUTS and (uid, role) not in self._handed_out and len(self._handed_out) < MAX_FIRSTS:
             assert role is not None and entry.first is not None  # a handout names its role; its request is new
             self._handed_out.add((uid, role))
-            _write(uid, role, what, Record(entry.count - entry.reported, entry.first, entry.last))
+            _write(uid, role, what, Record(entry.count, entry.first, entry.last))  # (it holds this request only)
             entry.reported, entry.first = entry.count, None
 
     def flush(self) -> None:
