@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from logging import DEBUG
 from typing import Protocol
@@ -21,7 +20,7 @@ from typing import Protocol
 from aiohttp import hdrs, web
 
 from metadata_proxy.imds import normalize_path, text_response
-from metadata_proxy.ledger import BUCKETS, FIRST_BUCKET, Ledger
+from metadata_proxy.ledger import Ledger
 from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
@@ -141,14 +140,8 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
         key = (request.label, response.status, request.uid, request.served_role or served.audit_role)
         if (entry := entries.get(key)) is None:
             ledger.open(key, moment, elapsed)
-        else:  # Entry.add, inline: a call costs as much as the rest of the accounting on this path
-            entry.count += 1
-            entry.seconds += elapsed
-            if elapsed > FIRST_BUCKET:
-                entry.slow[bisect_left(BUCKETS, elapsed) - 1] += 1
-            if entry.first is None:
-                entry.first = moment
-            entry.last = moment
+        else:
+            entry.add(moment, elapsed)
         if enabled(DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,

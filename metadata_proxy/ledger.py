@@ -39,7 +39,6 @@ class Entry:
         self.last = 0.0
 
     def add(self, moment: float, seconds: float) -> None:
-        # The gate repeats these lines inline for an entry it already has (the hot path); change both together.
         self.count += 1
         self.seconds += seconds
         if seconds > FIRST_BUCKET:
