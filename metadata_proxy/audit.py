@@ -3,8 +3,8 @@
 A line per request would cost more than the request and let one client in a loop flood the journal, so
 requests are counted in the ledger (ledger.py) and written as one INFO record per (uid, role, route kind) per
 interval, with the count and the first and last time. The first credentials a uid gets for a role are written
-at once, so a new reader of a role shows up without waiting for the interval. Records hold uids, user names, role ARNs,
-route kinds, counts and times: never a header, a token or a key.
+at once, so a new reader of a role shows up without waiting for the interval. Records hold uids, user names,
+role ARNs, route kinds, counts and times: never a header, a token or a key.
 """
 
 from __future__ import annotations

@@ -113,7 +113,6 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
     """
 
     hosts = host_check.memo
-    entries = ledger.entries
     enabled = access_log.isEnabledFor
 
     async def handle(request: GatedRequest) -> web.StreamResponse:
@@ -138,10 +137,7 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
         moment = clock()
         elapsed = now() - started
         key = (request.label, response.status, request.uid, request.served_role or served.audit_role)
-        if (entry := entries.get(key)) is None:
-            ledger.open(key, moment, elapsed)
-        else:
-            entry.add(moment, elapsed)
+        ledger.add(key, moment, elapsed)
         if enabled(DEBUG):  # building the line costs more than the request otherwise
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,

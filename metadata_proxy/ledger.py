@@ -52,21 +52,19 @@ class Entry:
         return [self.count - sum(self.slow), *self.slow]
 
 
-
 class Ledger:
+    """The entries by key, and whom to tell of a new one."""
+
     def __init__(self) -> None:
         self.entries: dict[Key, Entry] = {}
         # Told of every new entry once its first request is added (the audit trail writes a first handout at once).
         self.on_new: Callable[[Key, Entry], None] = lambda key, entry: None
 
-    def open(self, key: Key, moment: float, seconds: float) -> None:
-        """Adds the first request of a key the gate has not seen before."""
-        entry = self.entries[key] = Entry()
+    def add(self, key: Key, moment: float, seconds: float) -> None:
+        """Adds a request that ended at `moment` (Unix time) after `seconds`."""
+        if (entry := self.entries.get(key)) is not None:
+            entry.add(moment, seconds)
+            return
+        entry = self.entries[key] = Entry()  # the first request of its key
         entry.add(moment, seconds)
         self.on_new(key, entry)
-
-    def add(self, key: Key, moment: float, seconds: float) -> None:
-        if (entry := self.entries.get(key)) is None:
-            self.open(key, moment, seconds)
-        else:
-            entry.add(moment, seconds)

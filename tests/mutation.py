@@ -60,7 +60,7 @@ GENERATION = ("readers compare the store's generation for change only: any start
               "gives a new value each time, serve the same documents")
 HOST_MEMO = ("only the memo of judged Host values is bypassed (a judged Host remembered as None reads as never "
              "judged, by the gate and by allows()): every Host is judged again, with the same answer")
-FIRST_ADD = ("the value `last` starts with is never read: an entry is made only by Ledger.open, which adds its "
+FIRST_ADD = ("the value `last` starts with is never read: an entry is made only by Ledger.add, which adds its "
              "first request at once and so sets `last` to that request's time")
 HEADER_CASE = "HTTP header names are case-insensitive (aiohttp's CIMultiDict, and every client)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
@@ -118,7 +118,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "ledger.xǁEntryǁ__init____mutmut_11": ("self.last = None", FIRST_ADD),
     "ledger.xǁEntryǁ__init____mutmut_12": ("self.last = 1.0", FIRST_ADD),
     "ledger.xǁLedgerǁ__init____mutmut_3": (
-        "lambda key, entry: 0", "what the default hook returns: Ledger.open calls it for its effect and never reads "
+        "lambda key, entry: 0", "what the default hook returns: Ledger.add calls it for its effect and never reads "
         "the result"),
     "audit.xǁAuditTrailǁ_new__mutmut_11": (
         "role is not None or entry.first is not None", "an assertion that holds either way: kind() gives no handout "
