@@ -106,7 +106,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         '[connection] = ""', "the per-uid dict is an ordered set: its values are never read"),
     "gate.x__split_host__mutmut_5": (
         'rpartition("]")', "with two ']' either split leaves one in the address or in the port, and both are refused"),
-    "gate.x_guarded__mutmut_39": (
+    "gate.x_guarded__mutmut_38": (
         "type(None) is web.Response", "only the exact-class shortcut is lost: isinstance(answer, web.StreamResponse) "
         "then answers for a web.Response as well"),
     "gate.xǁHostCheckǁ_judge__mutmut_12": (
