@@ -21,10 +21,11 @@ from aiohttp import hdrs, web
 
 from metadata_proxy.imds import normalize_path, text_response
 from metadata_proxy.ledger import Ledger
+from metadata_proxy.logs import ACCESS
 from metadata_proxy.request import GatedRequest
 
 log = logging.getLogger("metadata_proxy")
-access_log = logging.getLogger("metadata_proxy.access")
+access_log = logging.getLogger(ACCESS)
 
 Handler = Callable[[GatedRequest], Awaitable[web.StreamResponse]]
 # What a listener's routes are: a handler, or a function that answers at once when it can (a response) and
@@ -113,6 +114,7 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
     """
 
     hosts = host_check.memo
+    entries = ledger.entries
     enabled = access_log.isEnabledFor
 
     async def handle(request: GatedRequest) -> web.StreamResponse:
@@ -137,8 +139,14 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
         moment = clock()
         elapsed = now() - started
         key = (request.label, response.status, request.uid, request.served_role or served.audit_role)
-        ledger.add(key, moment, elapsed)
-        if enabled(DEBUG):  # building the line costs more than the request otherwise
+        # (the lookup here: an existing entry is the common case, and its update then costs one call, not two)
+        if (entry := entries.get(key)) is None:
+            ledger.add(key, moment, elapsed)
+        else:
+            entry.add(moment, elapsed)
+        # Building the line costs more than the request. The logger's own level is read first: an attribute,
+        # where asking logging is a call; above DEBUG no line can be written, any other level asks.
+        if access_log.level <= DEBUG and enabled(DEBUG):
             path = printable(normalize_path(request.raw_path))
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
                             elapsed * 1000, extra={"event": "request", "remote": request.remote,

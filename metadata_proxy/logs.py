@@ -23,6 +23,7 @@ from typing import TextIO
 FIELDS = ("event", "role", "outcome", "expires", "duration_s", "error_code", "remote", "method", "path", "status",
           "latency_ms", "route", "uid", "user", "count", "first", "last")
 QUIET = ("botocore", "boto3", "urllib3", "s3transfer", "aiohttp")
+ACCESS = "metadata_proxy.access"  # the line per request (DEBUG)
 
 
 class JsonFormatter(logging.Formatter):
@@ -140,5 +141,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
+    # Set on the access logger itself too: the gate reads its own level, an attribute, before asking logging
+    # whether a request line is wanted (a call on every request).
+    logging.getLogger(ACCESS).setLevel(level.upper())
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from metadata_proxy.audit import AuditTrail
 from metadata_proxy.gate import HostCheck, guarded, printable
 from metadata_proxy.ledger import Ledger
-from metadata_proxy.logs import JsonFormatter
+from metadata_proxy.logs import QUIET, JsonFormatter, set_level
 from metadata_proxy.metrics import Metrics
 from metadata_proxy.request import GatedRequest
 from tests.support.gated import GatedTestServer
@@ -328,6 +328,29 @@ async def test_without_debug_no_line_per_request(gate, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="metadata_proxy.access"):
         await served.get()
     assert [r for r in caplog.records if r.name == "metadata_proxy.access"] == []
+
+
+async def test_the_log_level_set_at_start_or_by_a_reload_decides_the_line_per_request(gate, caplog) -> None:
+    """--log-level (set_level, at start and on reload) sets the access logger's own level, which the gate reads
+    first: at info no line, after a reload to debug one line per request, after one back to info none again."""
+    served = await gate(unclaimed)
+    loggers = [logging.getLogger(), logging.getLogger("metadata_proxy.access"),
+               *(logging.getLogger(name) for name in QUIET)]
+    saved = [logger.level for logger in loggers]
+    lines = lambda: [r.getMessage() for r in caplog.records if r.name == "metadata_proxy.access"]  # noqa: E731
+    try:
+        set_level("info")
+        await served.get()
+        assert lines() == []
+        set_level("debug")
+        await served.get()
+        assert lines() == ["127.0.0.1 GET /latest/meta-data 404 2.5ms"]
+        set_level("info")
+        await served.get()
+        assert len(lines()) == 1
+    finally:
+        for logger, level in zip(loggers, saved, strict=True):
+            logger.setLevel(level)
 
 
 def test_printable_escapes_control_characters_and_bounds_the_length() -> None:
