@@ -106,9 +106,15 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         '[connection] = ""', "the per-uid dict is an ordered set: its values are never read"),
     "gate.x__split_host__mutmut_5": (
         'rpartition("]")', "with two ']' either split leaves one in the address or in the port, and both are refused"),
-    "gate.x_guarded__mutmut_38": (
+    "gate.x_guarded__mutmut_39": (
         "type(None) is web.Response", "only the exact-class shortcut is lost: isinstance(answer, web.StreamResponse) "
         "then answers for a web.Response as well"),
+    "gate.x_guarded__mutmut_64": (
+        "entries.get(None)", "only the gate's own lookup is lost: every request then goes through Ledger.add, which "
+        "looks its key up and updates the same entry"),
+    "gate.x_guarded__mutmut_76": (
+        "access_log.level <= DEBUG or enabled(DEBUG)", "the line is built more often, never written more often: "
+        "access_log.debug asks logging itself, which drops it below the DEBUG level"),
     "gate.xǁHostCheckǁ_judge__mutmut_12": (
         'rstrip("XX.XX")', "the name is lower-cased first, so there is no 'X' to strip besides the dots"),
     "gate.xǁHostCheckǁallows__mutmut_7": (
