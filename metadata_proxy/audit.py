@@ -28,7 +28,6 @@ HANDOUTS = frozenset({IMDS_CREDENTIALS, CONTAINER_CREDENTIALS})
 # The routes whose 200 answers are audited, and as what; every refusal is audited as REFUSED.
 AUDITED = {"credentials": IMDS_CREDENTIALS, "credentials-extended": IMDS_CREDENTIALS,
            "container": CONTAINER_CREDENTIALS, "token": TOKEN}
-DEFAULT_INTERVAL = 60.0
 MAX_FIRSTS = 4096  # (uid, role) pairs remembered as having had credentials; past that none is "first" again
 
 

@@ -151,7 +151,7 @@ def guarded(served: Served, host_check: HostCheck, ledger: Ledger, clock: Callab
             access_log.debug("%s %s %s %d %.1fms", request.remote, request.method, path, response.status,
                             elapsed * 1000, extra={"event": "request", "remote": request.remote,
                                                    "method": request.method, "path": path, "status": response.status,
-                                                   "latency_ms": round(elapsed * 1000, 3), "route": key[0][0]})
+                                                   "latency_ms": round(elapsed * 1000, 3), "route": request.label[0]})
         return response
 
     return handle

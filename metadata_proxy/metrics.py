@@ -3,8 +3,8 @@
 AssumeRole outcomes and tokens are prometheus_client counters and histograms, updated where they happen.
 Requests are the hot path: the gate adds each one to the ledger (ledger.py) in plain numbers on the event loop
 (no lock, no label lookup), and the requests, their latency and the refusals are summed from it into metric
-families when Prometheus scrapes. The per-role gauges (seconds until the served credentials expire, time of the last
-successful refresh) and the refreshes in flight are read from the refresher's state at scrape time.
+families when Prometheus scrapes. The per-role gauges (seconds until the served credentials expire, time of
+the last successful refresh) and the refreshes in flight are read from the refresher's state at scrape time.
 """
 
 from __future__ import annotations
